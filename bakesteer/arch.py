@@ -1,0 +1,233 @@
+"""The architecture table: per model family, which module is each site and what a fold touches.
+
+Everything architecture-specific lives here as data. A *site* is a point in decoder block L:
+
+    attn_in   output of the pre-attention norm       -> q/k/v biases:   b' = b + a*W v
+    mlp_in    output of the pre-MLP norm             -> up/gate biases: b' = b + a*W v
+    attn_out  output of the attention module         -> o bias:         b' = b + a*v
+    mlp_out   output of the MLP module               -> down bias:      b' = b + a*v
+    resid     residual stream after block L          -> down bias:      b' = b + a*v / scale
+
+Module paths are relative to the decoder block and equal the checkpoint key prefixes.
+A linear's bias slot is ALWAYS (the modeling code creates it), NEVER (hard-coded
+``bias=False``) or the name of the config flag that creates it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
+
+from .errors import BakesteerError
+
+SITES = ("attn_in", "mlp_in", "attn_out", "mlp_out", "resid")
+ALWAYS, NEVER = "always", "never"
+Layout = Literal["linear", "conv1d"]  # nn.Linear weight (out, in); GPT-2 Conv1D weight (in, out)
+
+
+@dataclass(frozen=True)
+class Site:
+    hook: str  # module whose output carries the site ("" = the decoder block itself)
+    fold: tuple[str, ...] | None  # linears whose biases absorb it; None = no exact fold by structure
+    rule: Literal["through", "direct"]  # through: b += a*W v (v enters the linear); direct: b += a*v
+    scale: str | None = None  # config attribute v is divided by before a direct fold
+    why_not: str = ""  # when fold is None: what stands in the way
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """Rewrite the config as another family where that is exactly equivalent."""
+
+    to: str  # key of the target family in ARCHS
+    drop: tuple[str, ...] = ()  # config keys the target family does not know
+    blocker: Callable[[Mapping], str | None] = lambda cfg: None  # why it is not exact here, or None
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    model_types: tuple[str, ...]
+    architectures: tuple[str, ...]  # config.architectures it accepts; the first is written on relabel
+    layers: str  # module path of the decoder blocks
+    layout: Layout
+    linears: Mapping[str, str]  # linear module -> bias slot (ALWAYS | NEVER | config flag)
+    sites: Mapping[str, Site]
+    relabel: Relabel | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def bias_slot(self, module: str) -> str:
+        return self.linears[module]
+
+
+def _flag_on(cfg: Mapping, slot: str) -> bool:
+    return slot == ALWAYS or (slot != NEVER and bool(cfg.get(slot, False)))
+
+
+def _sliding_window_in_play(cfg: Mapping) -> str | None:
+    """Llama has no sliding window, so a relabel is exact only when none is in play."""
+    window = cfg.get("sliding_window")
+    if cfg.get("use_sliding_window") is False or window is None:
+        return None
+    if "sliding_attention" not in (cfg.get("layer_types") or ["sliding_attention"]):
+        return None
+    if window >= cfg.get("max_position_embeddings", 0):
+        return None
+    return f"it uses a sliding attention window of {window} tokens, which LlamaForCausalLM cannot express"
+
+
+_LLAMA_LINEARS = {
+    "self_attn.q_proj": "attention_bias",
+    "self_attn.k_proj": "attention_bias",
+    "self_attn.v_proj": "attention_bias",
+    "self_attn.o_proj": "attention_bias",
+    "mlp.gate_proj": "mlp_bias",
+    "mlp.up_proj": "mlp_bias",
+    "mlp.down_proj": "mlp_bias",
+}
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_PRE_NORM_SITES = {  # Llama-style pre-norm block: x += attn(norm1(x)); x += mlp(norm2(x))
+    "attn_in": Site("input_layernorm", _QKV, "through"),
+    "mlp_in": Site("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
+    "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
+    "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
+    "resid": Site("", ("mlp.down_proj",), "direct"),
+}
+_POST_NORM = "the MLP output passes through post_feedforward_layernorm before the residual add"
+_SANDWICH_SITES = {  # Gemma2/Gemma3: every sublayer output is normalised before the residual add
+    "attn_in": Site("input_layernorm", _QKV, "through"),
+    "mlp_in": Site("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
+    "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
+    "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
+    "resid": Site("", None, "direct", why_not=_POST_NORM),
+}
+_NO_MLP_BIAS = {**_LLAMA_LINEARS, "mlp.gate_proj": NEVER, "mlp.up_proj": NEVER, "mlp.down_proj": NEVER}
+
+ARCHS: dict[str, Arch] = {
+    a.name: a
+    for a in [
+        Arch(
+            "gpt2", ("gpt2",), ("GPT2LMHeadModel",), "transformer.h", "conv1d",
+            {"attn.c_attn": ALWAYS, "attn.c_proj": ALWAYS, "mlp.c_fc": ALWAYS, "mlp.c_proj": ALWAYS},
+            {
+                "attn_in": Site("ln_1", ("attn.c_attn",), "through"),  # fused q|k|v
+                "mlp_in": Site("ln_2", ("mlp.c_fc",), "through"),
+                "attn_out": Site("attn", ("attn.c_proj",), "direct"),
+                "mlp_out": Site("mlp", ("mlp.c_proj",), "direct"),
+                "resid": Site("", ("mlp.c_proj",), "direct"),
+            },
+        ),
+        Arch(
+            "gpt_neox", ("gpt_neox",), ("GPTNeoXForCausalLM",), "gpt_neox.layers", "linear",
+            {
+                "attention.query_key_value": "attention_bias",  # fused, interleaved per head
+                "attention.dense": "attention_bias",
+                "mlp.dense_h_to_4h": ALWAYS,
+                "mlp.dense_4h_to_h": ALWAYS,
+            },
+            {  # parallel residual or not, the MLP output is added straight to the residual
+                "attn_in": Site("input_layernorm", ("attention.query_key_value",), "through"),
+                "mlp_in": Site("post_attention_layernorm", ("mlp.dense_h_to_4h",), "through"),
+                "attn_out": Site("attention", ("attention.dense",), "direct"),
+                "mlp_out": Site("mlp", ("mlp.dense_4h_to_h",), "direct"),
+                "resid": Site("", ("mlp.dense_4h_to_h",), "direct"),
+            },
+        ),
+        Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES),
+        Arch(
+            "granite", ("granite",), ("GraniteForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS,
+            {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},
+        ),
+        Arch(
+            "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
+            {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES,
+            relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play),
+        ),
+        Arch(
+            "qwen2", ("qwen2",), ("Qwen2ForCausalLM",), "model.layers", "linear",
+            {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES,
+            relabel=Relabel(
+                "llama", drop=("sliding_window", "use_sliding_window", "max_window_layers", "layer_types"),
+                blocker=_sliding_window_in_play,
+            ),
+        ),
+        Arch("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES),
+        Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES),
+        Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES),
+        Arch("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
+             _SANDWICH_SITES),
+    ]
+}
+
+
+def arch_for(cfg: Mapping) -> Arch:
+    """The table entry for a config dict, or a clear refusal."""
+    model_type = cfg.get("model_type")
+    for arch in ARCHS.values():
+        if model_type in arch.model_types:
+            return arch
+    known = ", ".join(sorted(t for a in ARCHS.values() for t in a.model_types))
+    raise BakesteerError(
+        f"bakesteer does not support model_type {model_type!r}; supported families are: {known}."
+    )
+
+
+@dataclass(frozen=True)
+class FoldTarget:
+    """Where a site folds on a given config: the family whose layout is written, and the flags it needs."""
+
+    arch: Arch  # family of the written checkpoint (after a relabel, the target family)
+    site: Site
+    flags: tuple[str, ...]  # config flags that must be switched on in the written config
+    relabelled_from: str | None  # source family when the architecture changes
+
+
+def _fold_in(arch: Arch, site: Site, cfg: Mapping) -> tuple[str, ...] | None:
+    """Flags to switch on for the site's fold in ``arch``, or None when a target has no bias slot."""
+    slots = [arch.bias_slot(m) for m in site.fold or ()]
+    if not slots or NEVER in slots:
+        return None
+    return tuple(sorted({s for s in slots if not _flag_on(cfg, s)}))
+
+
+def _resolve(cfg: Mapping, site_name: str) -> FoldTarget | str:
+    """Where ``site_name`` folds on this config (relabelling only where exact), or why it cannot."""
+    arch = arch_for(cfg)
+    site = arch.sites[site_name]
+    if site.fold is None:
+        return site.why_not
+    flags = _fold_in(arch, site, cfg)
+    if flags is not None:
+        return FoldTarget(arch, site, flags, None)
+    if arch.relabel is None:
+        return f"{arch.name} builds {', '.join(site.fold)} with bias=False, so there is no bias slot"
+    blocker = arch.relabel.blocker(cfg)
+    if blocker is not None:
+        return f"{arch.name} has no bias slot there and {blocker}"
+    target = ARCHS[arch.relabel.to]
+    tsite = target.sites[site_name]
+    # biases the source always has must load in the target, so their flags go on too
+    kept = {target.bias_slot(m) for m, s in arch.linears.items() if s == ALWAYS}
+    needed = {target.bias_slot(m) for m in tsite.fold or ()}
+    return FoldTarget(target, tsite, tuple(sorted(kept | needed)), arch.name)
+
+
+def exact_sites(cfg: Mapping) -> list[str]:
+    """Sites that fold exactly on this config (directly or through an exact relabel)."""
+    return [s for s in SITES if isinstance(_resolve(cfg, s), FoldTarget)]
+
+
+def check_site(site_name: str) -> None:
+    if site_name not in SITES:
+        raise BakesteerError(f"unknown site {site_name!r}; choose one of: {', '.join(SITES)}.")
+
+
+def fold_target(cfg: Mapping, site_name: str) -> FoldTarget:
+    """Resolve where ``site_name`` folds on this config, or refuse naming the sites that work."""
+    check_site(site_name)
+    found = _resolve(cfg, site_name)
+    if isinstance(found, FoldTarget):
+        return found
+    exact = exact_sites(cfg)
+    where = f"sites that bake exactly here: {', '.join(exact)}" if exact else "no site bakes exactly here"
+    raise BakesteerError(
+        f"site {site_name} cannot be baked exactly into {arch_for(cfg).name}: {found}; {where}."
+    )

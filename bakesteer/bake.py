@@ -1,0 +1,196 @@
+"""Bake steering vectors into a checkpoint: plan the bias edits, fold, write, record the recipe."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from . import __version__
+from .arch import ALWAYS, NEVER, Arch, arch_for, fold_target
+from .checkpoint import Checkpoint, Staging, write_checkpoint
+from .errors import BakesteerError
+from .fold import apply_delta, direct_delta, through_delta
+from .hooks import Steer
+from .progress import bar
+
+RECIPE = "bakesteer.json"
+SIDE_DIR = "bakesteer"  # vectors and original biases; a subfolder so no loader mistakes them for weights
+
+
+@dataclass(frozen=True)
+class Item:
+    """One vector baked at one site of one decoder block, with where it came from."""
+
+    steer: Steer
+    origin: dict  # file, format, sha256, file_layer
+
+
+@dataclass
+class Plan:
+    arch: Arch  # family of the written checkpoint
+    relabelled_from: str | None
+    flags: list[str]  # config flags switched on
+    config: dict  # the written config.json
+    updates: dict[str, torch.Tensor]  # bias key -> new value (changed or added)
+    originals: dict[str, torch.Tensor]  # bias key -> value before the bake (changed keys only)
+
+
+def model_dims(cfg: dict) -> tuple[int, int]:
+    """(hidden size, number of decoder blocks) from a config, under its family's own names."""
+    from transformers import AutoConfig
+
+    full = AutoConfig.for_model(**cfg)
+    return int(full.hidden_size), int(full.num_hidden_layers)
+
+
+def full_config(cfg: dict) -> dict:
+    """The config with the family's defaults filled in (flags absent from config.json included)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**cfg).to_dict()
+
+
+def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
+    if not items:
+        raise BakesteerError("nothing to bake; give at least one --vector and --layer.")
+    for it in items:
+        s = it.steer
+        if s.vector.shape != (hidden,):
+            raise BakesteerError(
+                f"the vector for layer {s.layer} has {s.vector.shape[0]} entries but the model's hidden size is "
+                f"{hidden}; it was made for another model."
+            )
+        if not 0 <= s.layer < n_layers:
+            raise BakesteerError(f"layer {s.layer} is out of range; this model has blocks 0 to {n_layers - 1}.")
+        if not torch.isfinite(s.vector).all():
+            raise BakesteerError(f"the vector for layer {s.layer} contains NaN or infinite values; regenerate it.")
+        if not torch.isfinite(torch.tensor(s.coef)):
+            raise BakesteerError(f"coefficient {s.coef} is not a finite number; pass a real --coef.")
+
+
+def plan(ckpt: Checkpoint, items: list[Item]) -> Plan:
+    """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds."""
+    cfg = full_config(ckpt.config)
+    source = arch_for(cfg)
+    hidden, n_layers = model_dims(ckpt.config)
+    check_items(items, hidden, n_layers)
+    targets = [fold_target(cfg, it.steer.site) for it in items]
+    relabels = {t.relabelled_from for t in targets} - {None}
+    arch = next((t.arch for t in targets if t.relabelled_from), source)
+    flags = sorted({f for t in targets for f in t.flags} | (_kept_flags(source, arch) if relabels else set()))
+
+    deltas: dict[str, torch.Tensor] = {}
+    weights: dict[str, str] = {}  # bias key -> weight key, for dtype and placement
+    for it in items:
+        s = it.steer
+        site = arch.sites[s.site]
+        for module in site.fold:
+            wkey = ckpt.resolve(f"{arch.layers}.{s.layer}.{module}.weight")
+            bkey = wkey[: -len("weight")] + "bias"
+            if site.rule == "through":
+                d = through_delta(ckpt.read(wkey), s.vector, s.coef, arch.layout)
+            else:
+                d = direct_delta(s.vector, s.coef, float(cfg[site.scale]) if site.scale else 1.0)
+            deltas[bkey] = deltas.get(bkey, 0) + d
+            weights[bkey] = wkey
+
+    updates, originals = {}, {}
+    for bkey, d in deltas.items():
+        old = ckpt.read(bkey) if bkey in ckpt.tensors else None
+        dtype = old.dtype if old is not None else ckpt.tensors[weights[bkey]].torch_dtype
+        updates[bkey] = apply_delta(old, d, dtype)
+        if old is not None:
+            originals[bkey] = old
+    for flag in flags:  # a switched-on flag creates a bias in every block: write explicit zeros
+        for module, slot in arch.linears.items():
+            if slot != flag:
+                continue
+            for layer in range(n_layers):
+                wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
+                bkey = wkey[: -len("weight")] + "bias"
+                if bkey not in ckpt.tensors and bkey not in updates:
+                    w = ckpt.tensors[wkey]
+                    out_dim = w.shape[0] if arch.layout == "linear" else w.shape[1]
+                    updates[bkey] = torch.zeros(out_dim, dtype=w.torch_dtype)
+
+    config = dict(ckpt.config)
+    if relabels:
+        for key in source.relabel.drop:
+            config.pop(key, None)
+        config["model_type"] = arch.model_types[0]
+        config["architectures"] = [arch.architectures[0]]
+    for flag in flags:
+        config[flag] = True
+    return Plan(arch, source.name if relabels else None, flags, config, updates, originals)
+
+
+def _kept_flags(source: Arch, target: Arch) -> set[str]:
+    """Flags the target family needs so that every bias the source always has still loads."""
+    return {target.bias_slot(m) for m, s in source.linears.items() if s == ALWAYS and target.bias_slot(m) != NEVER}
+
+
+def default_output(model_dir: Path, vector_names: list[str], site: str, layers: list[int]) -> Path:
+    ls = "-".join(str(l) for l in layers)
+    return Path("exported") / f"{model_dir.name}-{'+'.join(vector_names)}-{site}-L{ls}"
+
+
+def _check_target(src: Path, out: Path) -> None:
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise BakesteerError(f"output {out} is inside the model folder {src}; write it somewhere else.")
+
+
+def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False,
+         progress: bool = True) -> dict:
+    """Bake ``items`` into the checkpoint at ``model_dir`` and write the result to ``out``. Returns the recipe."""
+    src, out = Path(model_dir), Path(out)
+    _check_target(src, out)
+    staging = Staging(out, force)  # refuses an existing output before any work
+    ckpt = Checkpoint(src)
+    p = plan(ckpt, items)
+    changed = sorted(k for k in p.updates if k in ckpt.tensors)
+    added = sorted(k for k in p.updates if k not in ckpt.tensors)
+    recipe = {
+        "bakesteer_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "exact": True,
+        "source": {
+            "path": str(src.resolve()),
+            "model_type": ckpt.config.get("model_type"),
+            "architectures": ckpt.config.get("architectures"),
+            "config_sha256": hashlib.sha256((src / "config.json").read_bytes()).hexdigest(),
+        },
+        "written": {
+            "model_type": p.config.get("model_type"),
+            "architectures": p.config.get("architectures"),
+            "relabelled_from": p.relabelled_from,
+            "flags_switched_on": p.flags,
+        },
+        "dtype": str(next(iter(p.updates.values())).dtype).removeprefix("torch."),
+        "convention": "layer L = decoder block L (0-based); resid = residual stream after block L",
+        "steers": [
+            {"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
+             "norm": float(it.steer.vector.norm()), "vector": f"steer.{i}", **it.origin}
+            for i, it in enumerate(items)
+        ],
+        "tensors_changed": changed,
+        "tensors_added": added,
+    }
+    with staging as tmp, bar(total=len(ckpt.shard_meta), desc="writing shards", unit="shard",
+                             disable=not progress) as pbar:
+        left_out = write_checkpoint(ckpt, tmp, p.updates, p.config, pbar)
+        recipe["files_left_out"] = left_out
+        (tmp / SIDE_DIR).mkdir()
+        save_file({f"steer.{i}": it.steer.vector.to(torch.float64).contiguous() for i, it in enumerate(items)},
+                  str(tmp / SIDE_DIR / "vectors.safetensors"))
+        if p.originals:
+            save_file({k: v.contiguous() for k, v in p.originals.items()},
+                      str(tmp / SIDE_DIR / "original_biases.safetensors"))
+        (tmp / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
+    return recipe

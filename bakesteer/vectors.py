@@ -1,0 +1,199 @@
+"""Steering-vector files: bakesteer's own JSON, IBM activation-steering `.svec`, raw tensors.
+
+Layer numbers stay as each file's tool counts them; ``shift`` turns them into decoder blocks:
+bakesteer and raw files use block N itself; an IBM `.svec` key N is added to the *input* of
+block N, i.e. the residual stream after block N-1 (``shift = -1``, site ``resid``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arch import SITES, check_site
+from .errors import BakesteerError
+
+BUNDLED = Path(__file__).parent / "data"
+FORMAT_VERSION = 1
+CONVENTION = "key N = the site of decoder block N (0-based); resid = residual stream after block N"
+
+
+@dataclass
+class VectorFile:
+    path: Path
+    format: str  # "bakesteer" | "ibm-svec" | "raw"
+    vectors: dict[int | None, torch.Tensor]  # file's own layer key -> (hidden,); None = any layer
+    site: str | None  # None: the caller chooses (raw tensors)
+    shift: int = 0  # decoder block = key + shift
+    model_type: str | None = None
+    coef: float | None = None  # the file's suggested coefficient
+    sha256: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def hidden_size(self) -> int:
+        return next(iter(self.vectors.values())).shape[0]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A user path, or the file of that name bundled with bakesteer (e.g. ``love.svec``)."""
+    p = Path(path)
+    if not p.exists() and (BUNDLED / p.name).is_file() and p.parent == Path("."):
+        return BUNDLED / p.name
+    if not p.is_file():
+        raise BakesteerError(f"vector file {path} does not exist; check the path given to --vector.")
+    return p
+
+
+def _vector(values, where: str) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise BakesteerError(f"{where} is not a list of numbers ({e}); regenerate the vector file.")
+    if t.ndim == 2 and t.shape[0] == 1:  # AISteer360's [K, hidden] with K = 1
+        t = t[0]
+    if t.ndim != 1 or t.numel() == 0:
+        raise BakesteerError(
+            f"{where} has shape {tuple(t.shape)}; bakesteer bakes one direction per layer, so give a [hidden] vector."
+        )
+    if not torch.isfinite(t).all():
+        raise BakesteerError(f"{where} contains NaN or infinite values; regenerate the vector.")
+    return t
+
+
+def _layer_key(key: str, where: str) -> int:
+    m = re.search(r"(\d+)$", str(key))
+    if m is None:
+        raise BakesteerError(f"{where} has a key {key!r} with no layer number; name layers by integers.")
+    return int(m.group(1))
+
+
+def _load_json(path: Path, raw: bytes) -> VectorFile:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BakesteerError(f"{path} is not valid JSON ({e}); is it really a .svec file?")
+    if not isinstance(doc, dict):
+        raise BakesteerError(f"{path} is JSON but not a vector file (expected an object with 'directions').")
+    ours = doc.get("bakesteer")
+    if isinstance(ours, dict):
+        site = ours.get("site", "resid")
+        check_site(site)
+        vecs = {int(k): _vector(v, f"{path} layer {k}") for k, v in (ours.get("vectors") or {}).items()}
+        fmt, shift, coef = "bakesteer", 0, ours.get("coef")
+    elif isinstance(doc.get("directions"), dict):
+        vecs = {_layer_key(k, str(path)): _vector(v, f"{path} layer {k}") for k, v in doc["directions"].items()}
+        fmt, site, shift, coef, ours = "ibm-svec", "resid", -1, None, {}
+    else:
+        raise BakesteerError(f"{path} holds neither 'directions' (IBM .svec) nor a 'bakesteer' block.")
+    if not vecs:
+        raise BakesteerError(f"{path} holds no vectors.")
+    return VectorFile(path, fmt, vecs, site, shift, doc.get("model_type"), coef, meta=ours)
+
+
+def _load_raw(path: Path) -> VectorFile:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        elif suffix == ".npy":
+            obj = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
+        else:
+            raise BakesteerError(
+                f"{path} has an unknown extension; give a .svec/.json, .safetensors, .npy or .pt vector file."
+            )
+    except BakesteerError:
+        raise
+    except Exception as e:  # each reader raises its own types for corrupt input
+        raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); check the file.")
+    if isinstance(obj, dict) and len(obj) == 1:
+        obj = next(iter(obj.values()))
+    if isinstance(obj, dict):
+        vecs = {_layer_key(k, str(path)): _vector(v.double(), f"{path} key {k}") for k, v in obj.items()}
+    elif isinstance(obj, torch.Tensor) and obj.ndim == 2 and obj.shape[0] > 1:
+        vecs = {i: _vector(row.double(), f"{path} row {i}") for i, row in enumerate(obj)}
+    elif isinstance(obj, torch.Tensor):
+        vecs = {None: _vector(obj.double(), str(path))}
+    else:
+        raise BakesteerError(f"{path} holds a {type(obj).__name__}, not a tensor or a dict of tensors.")
+    return VectorFile(path, "raw", vecs, None, meta={"rows": len(vecs)} if None not in vecs else {})
+
+
+def load_vector_file(path: str | Path) -> VectorFile:
+    """Read any supported vector file; every failure is a BakesteerError."""
+    p = resolve_path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise BakesteerError(f"cannot read vector file {p} ({e.strerror}); check its permissions.")
+    vf = _load_json(p, raw) if p.suffix.lower() in (".svec", ".json") else _load_raw(p)
+    vf.sha256 = hashlib.sha256(raw).hexdigest()
+    return vf
+
+
+def pick(vf: VectorFile, layers: list[int], site: str | None) -> list[tuple[str, int, torch.Tensor]]:
+    """(site, decoder block, vector) for each requested file layer, in the file's convention."""
+    if vf.site is not None and site is not None and site != vf.site:
+        raise BakesteerError(
+            f"{vf.path} holds {vf.site} vectors ({vf.format}); drop --site or pass --site {vf.site}."
+        )
+    site = site or vf.site or "resid"
+    check_site(site)
+    out = []
+    for layer in layers:
+        v = vf.vectors.get(None, vf.vectors.get(layer))
+        if v is None:
+            have = ", ".join(str(k) for k in sorted(vf.vectors))
+            raise BakesteerError(f"{vf.path} has no vector for layer {layer}; it has layers {have}.")
+        block = layer + vf.shift
+        if block < 0:
+            raise BakesteerError(
+                f"{vf.path} layer {layer} is added to the input of block 0 (the embeddings), which has no bias "
+                "slot; choose layer 1 or later."
+            )
+        out.append((site, block, v))
+    return out
+
+
+def save_bakesteer_vector(
+    path: str | Path,
+    vectors: dict[int, torch.Tensor],
+    site: str,
+    model: dict,
+    coef: float | None = None,
+    method: str | None = None,
+    extra: dict | None = None,
+) -> None:
+    """Write bakesteer's own vector file: JSON that IBM's `.svec` loader also reads when site is resid."""
+    assert site in SITES, site
+    to_list = lambda t: [float(x) for x in t.to(torch.float32).tolist()]  # noqa: E731
+    doc: dict = {
+        "bakesteer": {
+            "version": FORMAT_VERSION,
+            "site": site,
+            "layer_convention": CONVENTION,
+            "model": model,
+            "hidden_size": int(next(iter(vectors.values())).shape[0]),
+            "method": method,
+            "coef": coef,
+            "norms": {str(k): float(v.norm()) for k, v in sorted(vectors.items())},
+            **(extra or {}),
+            "vectors": {str(k): to_list(v) for k, v in sorted(vectors.items())},
+        },
+        "model_type": model.get("model_type"),
+    }
+    if site == "resid":  # IBM adds key N to the input of block N = residual after block N-1
+        doc["directions"] = {str(k + 1): to_list(v) for k, v in sorted(vectors.items())}
+    for k, v in doc["bakesteer"]["norms"].items():
+        assert math.isfinite(v), f"layer {k} vector is not finite"
+    Path(path).write_text(json.dumps(doc) + "\n")

@@ -1,0 +1,49 @@
+"""Tiny random-weight models of every supported family, built from a config (no download)."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+from transformers import (GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, GraniteConfig,
+                          LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
+
+VOCAB, HIDDEN, LAYERS = 96, 64, 4
+_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+               num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=False)
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256),
+    "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                      num_attention_heads=4, intermediate_size=128, max_position_embeddings=256,
+                                      use_parallel_residual=True, rotary_pct=0.5, tie_word_embeddings=False),
+    "gpt_neox_seq": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                          num_attention_heads=4, intermediate_size=128, max_position_embeddings=256,
+                                          use_parallel_residual=False, attention_bias=False,
+                                          tie_word_embeddings=False),
+    "llama": lambda: LlamaConfig(**_COMMON),
+    "granite": lambda: GraniteConfig(**_COMMON, residual_multiplier=0.22, embedding_multiplier=12.0,
+                                     attention_multiplier=0.0078125, logits_scaling=8.0),
+    "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "gemma": lambda: GemmaConfig(**_COMMON, head_dim=16),
+    "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
+    "gemma3": lambda: Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
+}
+
+
+def make_model(name: str, seed: int = 0, dtype=torch.float32) -> torch.nn.Module:
+    """A random model with larger-than-default weights and random existing biases, so steering shows."""
+    torch.manual_seed(seed)
+    cfg = CONFIGS[name]()
+    cfg.initializer_range = 0.2
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0, 0.1)  # existing biases must be kept, not overwritten
+    return model.to(dtype)
+
+
+def save_model(name: str, path, seed: int = 0, dtype=torch.float32) -> torch.nn.Module:
+    model = make_model(name, seed, dtype)
+    model.save_pretrained(path)
+    return model
