@@ -1,0 +1,108 @@
+"""The `bakesteer` command: a thin shell over the library. Bad input ends in one sentence, exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import BakesteerError
+
+LAYER_HELP = (
+    "layer as the vector file numbers it (repeatable; '5', '4,5,6' or '4-6'): bakesteer files and raw "
+    "tensors mean decoder block N (0-based); an IBM .svec key N is added to the input of block N"
+)
+
+
+def _layers(text: str) -> list[int]:
+    out = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list like 5, 4,5,6 or 4-6")
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bakesteer", description="Bake activation-steering vectors into a checkpoint.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bake", help="fold vectors into biases and write a normal checkpoint")
+    b.add_argument("--model", help="model folder or cached Hub id (default: the bundled SmolLM2-135M-Instruct)")
+    b.add_argument("--vector", action="append", required=True,
+                   help="vector file: bakesteer .svec, IBM .svec/.json, .safetensors, .npy or .pt (repeatable)")
+    b.add_argument("--layer", action="append", type=_layers, required=True, help=LAYER_HELP)
+    b.add_argument("--site", help="attn_in, mlp_in, attn_out, mlp_out or resid (default: the file's, else resid)")
+    b.add_argument("--coef", action="append", type=float,
+                   help="coefficient per --vector, or one for all (default: the file's suggestion, else 1)")
+    b.add_argument("-o", "--output", help="output folder (default: exported/<model>-<vector>-<site>-L<layers>)")
+    b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    v = sub.add_parser("verify", help="compare a baked folder with hook-based steering of its source")
+    v.add_argument("dir", help="a folder written by `bakesteer bake`")
+    v.add_argument("--new-tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def cmd_bake(a: argparse.Namespace) -> int:
+    from .bake import Item, bake, default_output
+    from .hooks import Steer
+    from .models import resolve_model
+    from .vectors import load_vector_file, pick
+
+    layers = [l for group in a.layer for l in group]
+    files = [load_vector_file(v) for v in a.vector]
+    coefs = a.coef or [None]
+    if len(coefs) not in (1, len(files)):
+        raise BakesteerError(f"give one --coef for all vectors or one per --vector ({len(files)}), not {len(coefs)}.")
+    coefs = coefs * len(files) if len(coefs) == 1 else coefs
+    model_dir = resolve_model(a.model)
+    items, sites = [], set()
+    for vf, coef in zip(files, coefs):
+        coef = coef if coef is not None else (vf.coef if vf.coef is not None else 1.0)
+        for (site, block, vec), layer in zip(pick(vf, layers, a.site), layers):
+            sites.add(site)
+            origin = {"file": str(vf.path), "format": vf.format, "sha256": vf.sha256, "file_layer": layer}
+            items.append(Item(Steer(site, block, vec, float(coef)), origin))
+    out = Path(a.output) if a.output else default_output(model_dir, [f.path.stem for f in files],
+                                                         "+".join(sorted(sites)), layers)
+    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet)
+    w = recipe["written"]
+    print(f"baked {len(items)} vector(s) into {model_dir} -> {out}")
+    for s in recipe["steers"]:
+        print(f"  {s['site']} of block {s['layer']}: coef {s['coef']:g} × |v| {s['norm']:.3g}  ({s['format']} layer {s['file_layer']})")
+    print(f"  tensors changed: {len(recipe['tensors_changed'])}, zero biases added: {len(recipe['tensors_added'])}"
+          + (f", config flags on: {', '.join(w['flags_switched_on'])}" if w["flags_switched_on"] else ""))
+    if w["relabelled_from"]:
+        print(f"  architecture changed: {w['relabelled_from']} -> {w['architectures'][0]} (exactly equivalent)")
+    if recipe["files_left_out"]:
+        print(f"  left out (unbaked weights or folders): {', '.join(recipe['files_left_out'])}")
+    print(f"next: bakesteer verify {out}")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .verify import verify
+
+    recipe, report = verify(a.dir, a.new_tokens, progress=not a.quiet)
+    steers = ", ".join(f"{s['site']}@{s['layer']}×{s['coef']:g}" for s in recipe["steers"])
+    print(f"{a.dir}: {recipe['source']['path']} + [{steers}]")
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"bake": cmd_bake, "verify": cmd_verify}[args.cmd](args)
+    except BakesteerError as e:
+        print(f"bakesteer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bakesteer: interrupted; no output was left behind.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Baked vs hooked: rerun a bake's recipe with hooks on the source model and compare logits and tokens.
+
+Equivalence (design §6): in float32, max |baked - hooked| <= 1e-4 and identical greedy tokens;
+in bf16/fp16, max |baked - hooked_fp32| <= 2 * max |hooked_lowprec - hooked_fp32| + 1e-3. The steering
+must move the logits by far more than that tolerance, or the comparison proves nothing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .bake import RECIPE, SIDE_DIR
+from .errors import BakesteerError
+from .hooks import Steer, steering
+from .progress import bar
+
+FP32_TOL = 1e-4
+PROMPTS = ["I think that you are", "The weather today is", "My favourite food is", "Tell me about your day."]
+
+
+@dataclass
+class Report:
+    dtype: str
+    max_abs_diff: float  # baked vs hooked logits, every position of every prompt
+    tolerance: float
+    steering_effect: float  # max |hooked - source| logits
+    kl_hooked_baked: float  # mean over positions, nats
+    kl_source_hooked: float
+    greedy_tokens: int
+    greedy_match: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        ok = self.max_abs_diff <= self.tolerance and self.steering_effect >= 100 * self.tolerance
+        return ok and (self.greedy_match or self.dtype != "float32")
+
+    def lines(self) -> list[str]:
+        mark = "PASS" if self.passed else "FAIL"
+        return [
+            f"{mark}  baked vs hooked ({self.dtype}): max |Δlogit| = {self.max_abs_diff:.3g}  (tolerance {self.tolerance:.3g})",
+            f"      steering effect: max |hooked − source| = {self.steering_effect:.3g}  "
+            f"({self.steering_effect / max(self.tolerance, 1e-30):.3g}× the tolerance)",
+            f"      KL(hooked ‖ baked) = {self.kl_hooked_baked:.3g} nats/token;  KL(source ‖ hooked) = {self.kl_source_hooked:.3g}",
+            f"      greedy {self.greedy_tokens} tokens: {'identical' if self.greedy_match else 'DIFFERENT'}",
+            *[f"      note: {n}" for n in self.notes],
+        ]
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    p = torch.log_softmax(p_logits.double(), -1)
+    q = torch.log_softmax(q_logits.double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@torch.inference_mode()
+def _logits(model, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [model(ids[None]).logits[0].float() for ids in prompts]
+
+
+@torch.inference_mode()
+def _greedy(model, ids: torch.Tensor, n: int) -> list[int]:
+    out = model.generate(ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=n, min_new_tokens=n,
+                         do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[0]:].tolist()
+
+
+def compare(source, baked, steers: list[Steer], prompts: list[torch.Tensor], new_tokens: int = 32,
+            source_fp32=None, progress: bool = False) -> Report:
+    """Compare ``baked`` with ``source`` under hooks. ``source_fp32`` is the reference for low-precision models."""
+    dtype = next(baked.parameters()).dtype
+    ref = source_fp32 if source_fp32 is not None else source
+    with steering(ref, steers):
+        hooked32 = _logits(ref, prompts)
+    plain = _logits(ref, prompts)
+    baked_l = _logits(baked, prompts)
+    diff = max(float((b - h).abs().max()) for b, h in zip(baked_l, hooked32))
+    if dtype == torch.float32:
+        tol = FP32_TOL
+    else:
+        with steering(source, steers):
+            hooked_low = _logits(source, prompts)
+        tol = 2 * max(float((l - h).abs().max()) for l, h in zip(hooked_low, hooked32)) + 1e-3
+    effect = max(float((h - p).abs().max()) for h, p in zip(hooked32, plain))
+    kl_hb = sum(_kl(h, b) for h, b in zip(hooked32, baked_l)) / len(prompts)
+    kl_sh = sum(_kl(p, h) for p, h in zip(plain, hooked32)) / len(prompts)
+    match, n_tok = True, 0
+    for ids in bar(iterable=prompts[:2], desc="greedy generation", disable=not progress):
+        with steering(source, steers):  # same dtype as the baked model
+            a = _greedy(source, ids, new_tokens)
+        b = _greedy(baked, ids, new_tokens)
+        match &= a == b
+        n_tok += new_tokens
+    return Report(str(dtype).removeprefix("torch."), diff, tol, effect, kl_hb, kl_sh, n_tok, match)
+
+
+def load_recipe(out_dir: str | Path) -> tuple[dict, list[Steer]]:
+    out = Path(out_dir)
+    path = out / RECIPE
+    if not path.is_file():
+        raise BakesteerError(f"{out} has no {RECIPE}; verify takes a folder written by `bakesteer bake`.")
+    try:
+        recipe = json.loads(path.read_text())
+        vectors = load_file(str(out / SIDE_DIR / "vectors.safetensors"))
+        steers = [Steer(s["site"], int(s["layer"]), vectors[s["vector"]], float(s["coef"])) for s in recipe["steers"]]
+    except (OSError, ValueError, KeyError) as e:
+        raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.")
+    return recipe, steers
+
+
+def prompt_ids(model_dir: Path, vocab: int, n: int = 4) -> list[torch.Tensor]:
+    """Token ids of the fixed prompts; seeded random ids when the folder has no tokenizer."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        return [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:n]]
+    except Exception:  # a bare test model: no tokenizer files
+        g = torch.Generator().manual_seed(0)
+        return [torch.randint(0, vocab, (12,), generator=g) for _ in range(n)]
+
+
+def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> tuple[dict, Report]:
+    """Load the source with hooks and the baked folder, and compare them on fixed prompts."""
+    from transformers import AutoModelForCausalLM
+
+    recipe, steers = load_recipe(out_dir)
+    src = Path(recipe["source"]["path"])
+    if not (src / "config.json").is_file():
+        raise BakesteerError(f"the source model {src} recorded in the bake is gone; verify needs it to compare.")
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.get("dtype"))
+    load = lambda p, dt: AutoModelForCausalLM.from_pretrained(p, dtype=dt).eval()  # noqa: E731
+    source32 = load(src, torch.float32)
+    prompts = prompt_ids(Path(out_dir), source32.config.vocab_size)
+    if low is None:
+        report = compare(source32, load(out_dir, torch.float32), steers, prompts, new_tokens, progress=progress)
+    else:
+        report = compare(load(src, low), load(out_dir, low), steers, prompts, new_tokens, source_fp32=source32,
+                         progress=progress)
+    return recipe, report
