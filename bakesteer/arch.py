@@ -166,7 +166,7 @@ def arch_for(cfg: Mapping) -> Arch:
             return arch
     known = ", ".join(sorted(t for a in ARCHS.values() for t in a.model_types))
     raise BakesteerError(
-        f"bakesteer does not support model_type {model_type!r}; supported families are: {known}."
+        f"model_type {model_type!r} is not supported; bakesteer supports: {known}."
     )
 
 

@@ -187,7 +187,7 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
         left_out = write_checkpoint(ckpt, tmp, p.updates, p.config, pbar)
         recipe["files_left_out"] = left_out
         (tmp / SIDE_DIR).mkdir()
-        save_file({f"steer.{i}": it.steer.vector.to(torch.float64).contiguous() for i, it in enumerate(items)},
+        save_file({f"steer.{i}": it.steer.vector.to(torch.float64).clone() for i, it in enumerate(items)},
                   str(tmp / SIDE_DIR / "vectors.safetensors"))
         if p.originals:
             save_file({k: v.contiguous() for k, v in p.originals.items()},

