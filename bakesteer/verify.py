@@ -1,13 +1,14 @@
 """Baked vs hooked: rerun a bake's recipe with hooks on the source model and compare logits and tokens.
 
-Equivalence (design §6): in float32, max |baked - hooked| <= 1e-4 and identical greedy tokens;
-in bf16/fp16, max |baked - hooked_fp32| <= 2 * max |hooked_lowprec - hooked_fp32| + 1e-3. The steering
-must move the logits by far more than that tolerance, or the comparison proves nothing.
+Equivalence (design §6): the bake may add no error beyond the dtype's own. In bf16/fp16,
+max |baked - hooked_fp32| <= 2 * max |hooked_lowprec - hooked_fp32| + 1e-3. In float32 the same rule
+holds against an fp64 reference, with max |baked - hooked| <= 1e-4 always enough, and greedy tokens
+must match. The steering must move the logits by >= 100x the tolerance, or the comparison proves nothing.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,29 +26,37 @@ PROMPTS = ["I think that you are", "The weather today is", "My favourite food is
 @dataclass
 class Report:
     dtype: str
-    max_abs_diff: float  # baked vs hooked logits, every position of every prompt
-    tolerance: float
+    max_abs_diff: float  # baked vs hooked logits in the model's dtype, every position of every prompt
+    ref_diff: float  # baked vs hooked in higher precision (fp64 for fp32, fp32 for bf16/fp16)
+    own_error: float  # hooked in the model's dtype vs hooked in higher precision: the dtype's own error
     steering_effect: float  # max |hooked - source| logits
     kl_hooked_baked: float  # mean over positions, nats
     kl_source_hooked: float
     greedy_tokens: int
     greedy_match: bool
-    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tolerance(self) -> float:
+        """The bake may add no error beyond the dtype's own (design §6); fp32 also passes at 1e-4."""
+        rule = 2 * self.own_error + (1e-3 if self.dtype != "float32" else 1e-6)
+        return max(rule, FP32_TOL) if self.dtype == "float32" else rule
 
     @property
     def passed(self) -> bool:
-        ok = self.max_abs_diff <= self.tolerance and self.steering_effect >= 100 * self.tolerance
-        return ok and (self.greedy_match or self.dtype != "float32")
+        close = min(self.max_abs_diff, self.ref_diff) <= self.tolerance
+        matters = self.steering_effect >= 100 * self.tolerance
+        return close and matters and (self.greedy_match or self.dtype != "float32")
 
     def lines(self) -> list[str]:
         mark = "PASS" if self.passed else "FAIL"
         return [
-            f"{mark}  baked vs hooked ({self.dtype}): max |Δlogit| = {self.max_abs_diff:.3g}  (tolerance {self.tolerance:.3g})",
+            f"{mark}  baked vs hooked ({self.dtype}): max |Δlogit| = {self.max_abs_diff:.3g}; against the "
+            f"higher-precision hooked model {self.ref_diff:.3g} (the dtype's own error {self.own_error:.3g}; "
+            f"tolerance {self.tolerance:.3g})",
             f"      steering effect: max |hooked − source| = {self.steering_effect:.3g}  "
-            f"({self.steering_effect / max(self.tolerance, 1e-30):.3g}× the tolerance)",
+            f"({self.steering_effect / self.tolerance:.3g}× the tolerance)",
             f"      KL(hooked ‖ baked) = {self.kl_hooked_baked:.3g} nats/token;  KL(source ‖ hooked) = {self.kl_source_hooked:.3g}",
             f"      greedy {self.greedy_tokens} tokens: {'identical' if self.greedy_match else 'DIFFERENT'}",
-            *[f"      note: {n}" for n in self.notes],
         ]
 
 
@@ -59,7 +68,8 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def _logits(model, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [model(ids[None]).logits[0].float() for ids in prompts]
+    return [model(ids[None]).logits[0].to(torch.float64 if model.dtype == torch.float64 else torch.float32)
+            for ids in prompts]
 
 
 @torch.inference_mode()
@@ -70,32 +80,35 @@ def _greedy(model, ids: torch.Tensor, n: int) -> list[int]:
 
 
 def compare(source, baked, steers: list[Steer], prompts: list[torch.Tensor], new_tokens: int = 32,
-            source_fp32=None, progress: bool = False) -> Report:
-    """Compare ``baked`` with ``source`` under hooks. ``source_fp32`` is the reference for low-precision models."""
+            reference=None, progress: bool = False) -> Report:
+    """Compare ``baked`` with ``source`` under hooks, both in the same dtype.
+
+    ``reference`` is the source in higher precision (fp64 for an fp32 model, fp32 for bf16/fp16); it
+    measures the dtype's own error. Without it, the dtype's own error counts as zero.
+    """
     dtype = next(baked.parameters()).dtype
-    ref = source_fp32 if source_fp32 is not None else source
-    with steering(ref, steers):
-        hooked32 = _logits(ref, prompts)
-    plain = _logits(ref, prompts)
+    with steering(source, steers):
+        hooked = _logits(source, prompts)
+    plain = _logits(source, prompts)
     baked_l = _logits(baked, prompts)
-    diff = max(float((b - h).abs().max()) for b, h in zip(baked_l, hooked32))
-    if dtype == torch.float32:
-        tol = FP32_TOL
+    if reference is not None:
+        with steering(reference, steers):
+            hooked_ref = _logits(reference, prompts)
     else:
-        with steering(source, steers):
-            hooked_low = _logits(source, prompts)
-        tol = 2 * max(float((l - h).abs().max()) for l, h in zip(hooked_low, hooked32)) + 1e-3
-    effect = max(float((h - p).abs().max()) for h, p in zip(hooked32, plain))
-    kl_hb = sum(_kl(h, b) for h, b in zip(hooked32, baked_l)) / len(prompts)
-    kl_sh = sum(_kl(p, h) for p, h in zip(plain, hooked32)) / len(prompts)
+        hooked_ref = hooked
+    diff = max(float((b - h).abs().max()) for b, h in zip(baked_l, hooked))
+    ref_diff = max(float((b.double() - r.double()).abs().max()) for b, r in zip(baked_l, hooked_ref))
+    own = max(float((h.double() - r.double()).abs().max()) for h, r in zip(hooked, hooked_ref))
+    effect = max(float((h - p).abs().max()) for h, p in zip(hooked, plain))
+    kl_hb = sum(_kl(h, b) for h, b in zip(hooked, baked_l)) / len(prompts)
+    kl_sh = sum(_kl(p, h) for p, h in zip(plain, hooked)) / len(prompts)
     match, n_tok = True, 0
     for ids in bar(iterable=prompts[:2], desc="greedy generation", disable=not progress):
-        with steering(source, steers):  # same dtype as the baked model
+        with steering(source, steers):
             a = _greedy(source, ids, new_tokens)
-        b = _greedy(baked, ids, new_tokens)
-        match &= a == b
+        match &= a == _greedy(baked, ids, new_tokens)
         n_tok += new_tokens
-    return Report(str(dtype).removeprefix("torch."), diff, tol, effect, kl_hb, kl_sh, n_tok, match)
+    return Report(str(dtype).removeprefix("torch."), diff, ref_diff, own, effect, kl_hb, kl_sh, n_tok, match)
 
 
 def load_recipe(out_dir: str | Path) -> tuple[dict, list[Steer]]:
@@ -132,13 +145,10 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> 
     src = Path(recipe["source"]["path"])
     if not (src / "config.json").is_file():
         raise BakesteerError(f"the source model {src} recorded in the bake is gone; verify needs it to compare.")
-    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.get("dtype"))
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.get("dtype"), torch.float32)
     load = lambda p, dt: AutoModelForCausalLM.from_pretrained(p, dtype=dt).eval()  # noqa: E731
-    source32 = load(src, torch.float32)
-    prompts = prompt_ids(Path(out_dir), source32.config.vocab_size)
-    if low is None:
-        report = compare(source32, load(out_dir, torch.float32), steers, prompts, new_tokens, progress=progress)
-    else:
-        report = compare(load(src, low), load(out_dir, low), steers, prompts, new_tokens, source_fp32=source32,
-                         progress=progress)
+    source = load(src, dtype)
+    reference = load(src, torch.float64 if dtype == torch.float32 else torch.float32)
+    prompts = prompt_ids(Path(out_dir), source.config.vocab_size)
+    report = compare(source, load(out_dir, dtype), steers, prompts, new_tokens, reference, progress=progress)
     return recipe, report

@@ -12,7 +12,7 @@ from bakesteer.arch import exact_sites, fold_target
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer, steering
 from helpers import hooked_vs_baked, logits
-from tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
+from bakesteer.tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
 
 TOL = 1e-4
 EXPECTED_EXACT = {  # what the table must say; checked so a table edit cannot silently drop a site

@@ -1,0 +1,77 @@
+"""Measure baked vs hooked for every family × exact site (tiny random fp32 models), plus the real SmolLM2.
+
+Prints a Markdown table: max |Δlogit| baked vs hooked in fp32 over 4 prompts (1 and 3 layers), fp32's
+own error (hooked fp32 vs hooked fp64), the steering effect max |hooked − unsteered|, and whether
+2 × 32 greedy tokens matched. Run: python scripts/equivalence_table.py
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from bakesteer.arch import SITES, exact_sites
+from bakesteer.bake import Item, bake
+from bakesteer.hooks import Steer
+from bakesteer.tiny import CONFIGS, HIDDEN, VOCAB, save_model
+from bakesteer.verify import compare
+
+
+def _measure(src: Path, source, steers: list[Steer], prompts, work: Path, tag: str):
+    bake(src, [Item(s, {}) for s in steers], work / tag, progress=False)
+    baked = AutoModelForCausalLM.from_pretrained(work / tag, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64).eval()
+    return compare(source, baked, steers, prompts, new_tokens=32, reference=reference)
+
+
+def main() -> None:
+    t0 = time.time()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, VOCAB, (16,), generator=g) for _ in range(4)]
+    print("| family | site | max \\|Δ\\| 1 layer | max \\|Δ\\| 3 layers | fp32's own error | steering effect "
+          "| greedy tokens | verify |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in CONFIGS:
+            source = save_model(name, work / name).eval()
+            exact = exact_sites(CONFIGS[name]().to_dict())
+            for site in SITES:
+                if site not in exact:
+                    print(f"| {name} | {site} | refused (not exact) | | | | | |")
+                    continue
+                vecs = [torch.randn(HIDDEN, generator=g, dtype=torch.float64) for _ in range(3)]
+                one = _measure(work / name, source, [Steer(site, 1, vecs[0], 4.0)], prompts, work, f"{name}-{site}-1")
+                three = _measure(work / name, source, [Steer(site, L, v, 4.0) for L, v in zip((0, 2, 3), vecs)],
+                                 prompts, work, f"{name}-{site}-3")
+                same = "identical" if one.greedy_match and three.greedy_match else "DIFFERENT"
+                ok = "PASS" if one.passed and three.passed else "FAIL"
+                print(f"| {name} | {site} | {one.max_abs_diff:.1e} | {three.max_abs_diff:.1e} | "
+                      f"{max(one.own_error, three.own_error):.1e} | "
+                      f"{min(one.steering_effect, three.steering_effect):.2f} | {same} | {ok} |")
+        from transformers import AutoTokenizer
+
+        from bakesteer.models import ensure_default_model
+        from bakesteer.vectors import load_vector_file
+
+        path = ensure_default_model(quiet=True)
+        tok = AutoTokenizer.from_pretrained(path)
+        source = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        love = load_vector_file("love.svec").vectors
+        real = [torch.tensor(tok(p)["input_ids"]) for p in ["I hate you because", "The weather today is",
+                                                              "My favourite food is", "Tell me about your day."]]
+        for site, steers in [("resid", [Steer("resid", 5, love[5], 1.0)]),
+                             ("attn_in", [Steer("attn_in", 5, love[5] / love[5].norm(), 8.0)]),
+                             ("resid ×3", [Steer("resid", L, love[L], 0.4) for L in (4, 5, 6)])]:
+            r = _measure(path, source, steers, real, work, f"smollm2-{site.split()[0]}-{len(steers)}")
+            print(f"| SmolLM2-135M (real) | {site} | {r.max_abs_diff:.1e} | | {r.own_error:.1e} | "
+                  f"{r.steering_effect:.2f} | {'identical' if r.greedy_match else 'DIFFERENT'} | "
+                  f"{'PASS' if r.passed else 'FAIL'} |")
+    print(f"\n({time.time() - t0:.0f} s on {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
