@@ -8,7 +8,7 @@ must match. The steering must move the logits by >= 100x the tolerance, or the c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from .hooks import Steer, steering
 from .progress import bar
 
 FP32_TOL = 1e-4
-PROMPTS = ["I think that you are", "The weather today is", "My favourite food is", "Tell me about your day."]
+PROMPTS = ["I hate you because", "I think that you are", "The weather today is", "My favourite food is", "Tell me about your day."]
 
 
 @dataclass
@@ -34,6 +34,8 @@ class Report:
     kl_source_hooked: float
     greedy_tokens: int
     greedy_match: bool
+    baked_tokens: list[int] = field(default_factory=list)  # greedy continuation of the first prompt
+    samples: list[str] = field(default_factory=list)  # lines showing source vs baked text, when a tokenizer exists
 
     @property
     def tolerance(self) -> float:
@@ -57,6 +59,7 @@ class Report:
             f"({self.steering_effect / self.tolerance:.3g}× the tolerance)",
             f"      KL(hooked ‖ baked) = {self.kl_hooked_baked:.3g} nats/token;  KL(source ‖ hooked) = {self.kl_source_hooked:.3g}",
             f"      greedy {self.greedy_tokens} tokens: {'identical' if self.greedy_match else 'DIFFERENT'}",
+            *self.samples,
         ]
 
 
@@ -102,13 +105,15 @@ def compare(source, baked, steers: list[Steer], prompts: list[torch.Tensor], new
     effect = max(float((h - p).abs().max()) for h, p in zip(hooked, plain))
     kl_hb = sum(_kl(h, b) for h, b in zip(hooked, baked_l)) / len(prompts)
     kl_sh = sum(_kl(p, h) for p, h in zip(plain, hooked)) / len(prompts)
-    match, n_tok = True, 0
+    match, n_tok, first = True, 0, []
     for ids in bar(iterable=prompts[:2], desc="greedy generation", disable=not progress):
         with steering(source, steers):
             a = _greedy(source, ids, new_tokens)
-        match &= a == _greedy(baked, ids, new_tokens)
+        b = _greedy(baked, ids, new_tokens)
+        match &= a == b
         n_tok += new_tokens
-    return Report(str(dtype).removeprefix("torch."), diff, ref_diff, own, effect, kl_hb, kl_sh, n_tok, match)
+        first = first or b
+    return Report(str(dtype).removeprefix("torch."), diff, ref_diff, own, effect, kl_hb, kl_sh, n_tok, match, first)
 
 
 def load_recipe(out_dir: str | Path) -> tuple[dict, list[Steer]]:
@@ -125,16 +130,21 @@ def load_recipe(out_dir: str | Path) -> tuple[dict, list[Steer]]:
     return recipe, steers
 
 
-def prompt_ids(model_dir: Path, vocab: int, n: int = 4) -> list[torch.Tensor]:
-    """Token ids of the fixed prompts; seeded random ids when the folder has no tokenizer."""
-    try:
-        from transformers import AutoTokenizer
+def _tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        return [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:n]]
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
     except Exception:  # a bare test model: no tokenizer files
-        g = torch.Generator().manual_seed(0)
-        return [torch.randint(0, vocab, (12,), generator=g) for _ in range(n)]
+        return None
+
+
+def prompt_ids(tok, vocab: int, n: int = 4) -> list[torch.Tensor]:
+    """Token ids of the fixed prompts; seeded random ids when there is no tokenizer."""
+    if tok is not None:
+        return [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:n]]
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (12,), generator=g) for _ in range(n)]
 
 
 def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> tuple[dict, Report]:
@@ -149,6 +159,12 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> 
     load = lambda p, dt: AutoModelForCausalLM.from_pretrained(p, dtype=dt).eval()  # noqa: E731
     source = load(src, dtype)
     reference = load(src, torch.float64 if dtype == torch.float32 else torch.float32)
-    prompts = prompt_ids(Path(out_dir), source.config.vocab_size)
+    tok = _tokenizer(Path(out_dir))
+    prompts = prompt_ids(tok, source.config.vocab_size)
     report = compare(source, load(out_dir, dtype), steers, prompts, new_tokens, reference, progress=progress)
+    if tok is not None:
+        plain = _greedy(source, prompts[0], new_tokens)
+        show = lambda ids: repr(tok.decode(ids, skip_special_tokens=True))  # noqa: E731
+        report.samples = [f"      {PROMPTS[0]!r}", f"        source: {show(plain)}",
+                          f"        baked:  {show(report.baked_tokens)}"]
     return recipe, report
