@@ -41,19 +41,25 @@ class Plan:
     originals: dict[str, torch.Tensor]  # bias key -> value before the bake (changed keys only)
 
 
-def model_dims(cfg: dict) -> tuple[int, int]:
-    """(hidden size, number of decoder blocks) from a config, under its family's own names."""
+def _config_object(cfg: dict):
     from transformers import AutoConfig
 
-    full = AutoConfig.for_model(**cfg)
+    arch_for(cfg)  # refuse unsupported families before transformers sees the config
+    try:
+        return AutoConfig.for_model(**cfg)
+    except Exception as e:  # transformers raises many types for a malformed config
+        raise BakesteerError(f"config.json could not be read by transformers ({type(e).__name__}: {e}); fix it.")
+
+
+def model_dims(cfg: dict) -> tuple[int, int]:
+    """(hidden size, number of decoder blocks) from a config, under its family's own names."""
+    full = _config_object(cfg)
     return int(full.hidden_size), int(full.num_hidden_layers)
 
 
 def full_config(cfg: dict) -> dict:
     """The config with the family's defaults filled in (flags absent from config.json included)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(**cfg).to_dict()
+    return _config_object(cfg).to_dict()
 
 
 def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
@@ -135,9 +141,9 @@ def _kept_flags(source: Arch, target: Arch) -> set[str]:
     return {target.bias_slot(m) for m, s in source.linears.items() if s == ALWAYS and target.bias_slot(m) != NEVER}
 
 
-def default_output(model_dir: Path, vector_names: list[str], site: str, layers: list[int]) -> Path:
+def default_output(model_name: str, vector_names: list[str], site: str, layers: list[int]) -> Path:
     ls = "-".join(str(l) for l in layers)
-    return Path("exported") / f"{model_dir.name}-{'+'.join(vector_names)}-{site}-L{ls}"
+    return Path("exported") / f"{model_name}-{'+'.join(vector_names)}-{site}-L{ls}"
 
 
 def _check_target(src: Path, out: Path) -> None:
@@ -147,8 +153,11 @@ def _check_target(src: Path, out: Path) -> None:
 
 
 def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False,
-         progress: bool = True) -> dict:
-    """Bake ``items`` into the checkpoint at ``model_dir`` and write the result to ``out``. Returns the recipe."""
+         progress: bool = True, source_info: dict | None = None) -> dict:
+    """Bake ``items`` into the checkpoint at ``model_dir`` and write the result to ``out``. Returns the recipe.
+
+    ``source_info`` adds to the recipe's source record (e.g. the Hub id and revision it came from).
+    """
     src, out = Path(model_dir), Path(out)
     _check_target(src, out)
     staging = Staging(out, force)  # refuses an existing output before any work
@@ -165,6 +174,7 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
             "model_type": ckpt.config.get("model_type"),
             "architectures": ckpt.config.get("architectures"),
             "config_sha256": hashlib.sha256((src / "config.json").read_bytes()).hexdigest(),
+            **(source_info or {}),
         },
         "written": {
             "model_type": p.config.get("model_type"),

@@ -57,7 +57,7 @@ def cmd_bake(a: argparse.Namespace) -> int:
     if len(coefs) not in (1, len(files)):
         raise BakesteerError(f"give one --coef for all vectors or one per --vector ({len(files)}), not {len(coefs)}.")
     coefs = coefs * len(files) if len(coefs) == 1 else coefs
-    model_dir = resolve_model(a.model)
+    model_dir, model_name, source_info = resolve_model(a.model)
     items, sites = [], set()
     for vf, coef in zip(files, coefs):
         coef = coef if coef is not None else (vf.coef if vf.coef is not None else 1.0)
@@ -65,9 +65,9 @@ def cmd_bake(a: argparse.Namespace) -> int:
             sites.add(site)
             origin = {"file": str(vf.path), "format": vf.format, "sha256": vf.sha256, "file_layer": layer}
             items.append(Item(Steer(site, block, vec, float(coef)), origin))
-    out = Path(a.output) if a.output else default_output(model_dir, [f.path.stem for f in files],
+    out = Path(a.output) if a.output else default_output(model_name, [f.path.stem for f in files],
                                                          "+".join(sorted(sites)), layers)
-    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet)
+    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info)
     w = recipe["written"]
     print(f"baked {len(items)} vector(s) into {model_dir} -> {out}")
     for s in recipe["steers"]:

@@ -65,21 +65,22 @@ def ensure_default_model(quiet: bool = False) -> Path:
     return out
 
 
-def resolve_model(model: str | None) -> Path:
-    """A model folder from --model: a path, a Hub id found in the local cache, or the default."""
+def resolve_model(model: str | None) -> tuple[Path, str, dict]:
+    """--model as (folder, short name, source record): a path, a Hub id in the local cache, or the default."""
     if model is None:
-        return ensure_default_model()
+        return ensure_default_model(), DEFAULT_NAME, {"default_model": DEFAULT_NAME}
     p = Path(model)
     if p.is_dir():
-        return p
+        return p, p.resolve().name, {}
     if p.exists() or model.count("/") != 1 or model.startswith((".", "/")):
         raise BakesteerError(f"model folder {model} does not exist; pass a folder with config.json or a Hub id.")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(model, local_files_only=True))
+        snap = Path(snapshot_download(model, local_files_only=True))
     except Exception:
         raise BakesteerError(
             f"{model} is neither a folder nor a Hub id in the local cache; download it first "
             f"(`hf download {model}`) or pass its folder."
         )
+    return snap, model.split("/")[1], {"hub_id": model, "revision": snap.name}

@@ -170,3 +170,31 @@ def test_bake_then_verify_on_a_tiny_model(tmp_path, llama_dir, capsys):
     (out / "bakesteer.json").write_text(json.dumps(recipe))
     assert main(["verify", str(out), "-q"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_unknown_model_type_is_refused_before_transformers_reads_it(tmp_path, llama_dir, capsys):
+    cfg = json.loads((llama_dir / "config.json").read_text())
+    cfg["model_type"] = "my_custom_remote_code_model"
+    (llama_dir / "config.json").write_text(json.dumps(cfg))
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+             "'my_custom_remote_code_model' is not supported", tmp_path / "o", tmp_path)
+
+
+def test_hub_id_is_resolved_from_the_local_cache_only(tmp_path, monkeypatch, capsys):
+    snap = tmp_path / "hub" / "models--someone--tiny-llama" / "snapshots" / "0123abcd"
+    save_model("llama", snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0123abcd")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    assert main(["bake", "--model", "someone/tiny-llama", "--vector", v, "--layer", "1", "-q"]) == 0
+    recipe = json.loads((tmp_path / "exported" / "tiny-llama-v-resid-L1" / "bakesteer.json").read_text())
+    assert recipe["source"]["hub_id"] == "someone/tiny-llama" and recipe["source"]["revision"] == "0123abcd"
+    capsys.readouterr()
+    assert main(["bake", "--model", "someone/not-cached", "--vector", v, "--layer", "1", "-q"]) == 2
+    assert "neither a folder nor a Hub id in the local cache" in capsys.readouterr().err

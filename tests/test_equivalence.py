@@ -134,3 +134,20 @@ def test_sharded_checkpoint(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
     diff, effect, g1, g2 = hooked_vs_baked(source, baked.eval(), steers, ids)
     assert diff <= TOL and effect >= 100 * TOL and g1 == g2
+
+
+def test_gpt2_checkpoint_without_the_transformer_prefix(tmp_path):
+    """The original GPT-2 files name tensors 'h.0.attn...', not 'transformer.h.0.attn...'."""
+    from safetensors.torch import load_file, save_file
+
+    source = save_model("gpt2", tmp_path / "src")
+    path = tmp_path / "src" / "model.safetensors"
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    steers = _steers("attn_in", (1,))
+    r = bake(tmp_path / "src", [Item(s, {}) for s in steers], tmp_path / "out", progress=False)
+    assert r["tensors_changed"] == ["h.1.attn.c_attn.bias"]
+    baked = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
+    diff, effect, g1, g2 = hooked_vs_baked(source, baked, steers, ids)
+    assert diff <= TOL and effect >= 100 * TOL and g1 == g2
