@@ -52,10 +52,21 @@ class Arch:
     linears: Mapping[str, str]  # linear module -> bias slot (ALWAYS | NEVER | config flag)
     sites: Mapping[str, Site]
     relabel: Relabel | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    defaults: Mapping[str, object] = field(default_factory=dict)  # config values when config.json omits them
+    dims: tuple[str, str] = ("hidden_size", "num_hidden_layers")  # config names of hidden size, block count
 
     def bias_slot(self, module: str) -> str:
         return self.linears[module]
+
+    def config(self, cfg: Mapping) -> dict:
+        """``cfg`` with this family's defaults filled in (what transformers would read)."""
+        return {**self.defaults, **cfg}
+
+    def hidden_and_layers(self, cfg: Mapping) -> tuple[int, int]:
+        try:
+            return int(cfg[self.dims[0]]), int(cfg[self.dims[1]])
+        except (KeyError, TypeError, ValueError):
+            raise BakesteerError(f"config.json lacks a valid {self.dims[0]} or {self.dims[1]}; fix the config.")
 
 
 def _flag_on(cfg: Mapping, slot: str) -> bool:
@@ -100,6 +111,8 @@ _SANDWICH_SITES = {  # Gemma2/Gemma3: every sublayer output is normalised before
     "resid": Site("", None, "direct", why_not=_POST_NORM),
 }
 _NO_MLP_BIAS = {**_LLAMA_LINEARS, "mlp.gate_proj": NEVER, "mlp.up_proj": NEVER, "mlp.down_proj": NEVER}
+_NO_BIAS = {"attention_bias": False, "mlp_bias": False}  # transformers' defaults for these flags
+_NO_ATTN_BIAS = {"attention_bias": False}
 
 ARCHS: dict[str, Arch] = {
     a.name: a
@@ -114,6 +127,7 @@ ARCHS: dict[str, Arch] = {
                 "mlp_out": Site("mlp", ("mlp.c_proj",), "direct"),
                 "resid": Site("", ("mlp.c_proj",), "direct"),
             },
+            dims=("n_embd", "n_layer"),
         ),
         Arch(
             "gpt_neox", ("gpt_neox",), ("GPTNeoXForCausalLM",), "gpt_neox.layers", "linear",
@@ -130,16 +144,20 @@ ARCHS: dict[str, Arch] = {
                 "mlp_out": Site("mlp", ("mlp.dense_4h_to_h",), "direct"),
                 "resid": Site("", ("mlp.dense_4h_to_h",), "direct"),
             },
+            defaults={"attention_bias": True},
         ),
-        Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES),
+        Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES,
+             defaults=_NO_BIAS),
         Arch(
             "granite", ("granite",), ("GraniteForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS,
             {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},
+            defaults={**_NO_BIAS, "residual_multiplier": 1.0},
         ),
         Arch(
             "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
             {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES,
             relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play),
+            defaults={"sliding_window": 4096, "max_position_embeddings": 131072},
         ),
         Arch(
             "qwen2", ("qwen2",), ("Qwen2ForCausalLM",), "model.layers", "linear",
@@ -148,12 +166,16 @@ ARCHS: dict[str, Arch] = {
                 "llama", drop=("sliding_window", "use_sliding_window", "max_window_layers", "layer_types"),
                 blocker=_sliding_window_in_play,
             ),
+            defaults={"use_sliding_window": False},
         ),
-        Arch("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES),
-        Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES),
-        Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES),
+        Arch("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
+             defaults=_NO_ATTN_BIAS),
+        Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
+             defaults=_NO_ATTN_BIAS),
+        Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES,
+             defaults=_NO_ATTN_BIAS),
         Arch("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
-             _SANDWICH_SITES),
+             _SANDWICH_SITES, defaults=_NO_ATTN_BIAS),
     ]
 }
 
@@ -191,6 +213,7 @@ def _fold_in(arch: Arch, site: Site, cfg: Mapping) -> tuple[str, ...] | None:
 def _resolve(cfg: Mapping, site_name: str) -> FoldTarget | str:
     """Where ``site_name`` folds on this config (relabelling only where exact), or why it cannot."""
     arch = arch_for(cfg)
+    cfg = arch.config(cfg)
     site = arch.sites[site_name]
     if site.fold is None:
         return site.why_not

@@ -41,27 +41,6 @@ class Plan:
     originals: dict[str, torch.Tensor]  # bias key -> value before the bake (changed keys only)
 
 
-def _config_object(cfg: dict):
-    from transformers import AutoConfig
-
-    arch_for(cfg)  # refuse unsupported families before transformers sees the config
-    try:
-        return AutoConfig.for_model(**cfg)
-    except Exception as e:  # transformers raises many types for a malformed config
-        raise BakesteerError(f"config.json could not be read by transformers ({type(e).__name__}: {e}); fix it.")
-
-
-def model_dims(cfg: dict) -> tuple[int, int]:
-    """(hidden size, number of decoder blocks) from a config, under its family's own names."""
-    full = _config_object(cfg)
-    return int(full.hidden_size), int(full.num_hidden_layers)
-
-
-def full_config(cfg: dict) -> dict:
-    """The config with the family's defaults filled in (flags absent from config.json included)."""
-    return _config_object(cfg).to_dict()
-
-
 def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
     if not items:
         raise BakesteerError("nothing to bake; give at least one --vector and --layer.")
@@ -82,9 +61,9 @@ def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
 
 def plan(ckpt: Checkpoint, items: list[Item]) -> Plan:
     """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds."""
-    cfg = full_config(ckpt.config)
-    source = arch_for(cfg)
-    hidden, n_layers = model_dims(ckpt.config)
+    source = arch_for(ckpt.config)
+    cfg = source.config(ckpt.config)
+    hidden, n_layers = source.hidden_and_layers(cfg)
     check_items(items, hidden, n_layers)
     targets = [fold_target(cfg, it.steer.site) for it in items]
     relabels = {t.relabelled_from for t in targets} - {None}
