@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
 
 LAYER_HELP = (
@@ -38,10 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", help="output folder (default: exported/<model>-<vector>-<site>-L<layers>)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_bake)
     v = sub.add_parser("verify", help="compare a baked folder with hook-based steering of its source")
     v.add_argument("dir", help="a folder written by `bakesteer bake`")
     v.add_argument("--new-tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    v.set_defaults(func=cmd_verify)
+    register_vector_commands(sub)  # extract, convert, inspect
     return p
 
 
@@ -95,7 +99,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"bake": cmd_bake, "verify": cmd_verify}[args.cmd](args)
+        return args.func(args)
     except BakesteerError as e:
         print(f"bakesteer: error: {e}", file=sys.stderr)
         return 2
