@@ -3,24 +3,20 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from . import __version__
 from .arch import ALWAYS, NEVER, Arch, arch_for, fold_target
-from .checkpoint import Checkpoint, Staging, write_checkpoint
+from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, write_checkpoint
 from .errors import BakesteerError
 from .fold import apply_delta, direct_delta, through_delta
 from .hooks import Steer
 from .progress import bar
-
-RECIPE = "bakesteer.json"
-SIDE_DIR = "bakesteer"  # vectors and original biases; a subfolder so no loader mistakes them for weights
+from .recipe import Record, has_record, load_record, merge
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
             raise BakesteerError(f"coefficient {s.coef} is not a finite number; pass a real --coef.")
 
 
-def plan(ckpt: Checkpoint, items: list[Item]) -> Plan:
+def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
     """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds."""
     source = arch_for(ckpt.config)
     cfg = source.config(ckpt.config)
@@ -132,18 +128,20 @@ def _check_target(src: Path, out: Path) -> None:
 
 
 def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False,
-         progress: bool = True, source_info: dict | None = None) -> dict:
+         progress: bool = True, source_info: dict | None = None, link: bool = False) -> dict:
     """Bake ``items`` into the checkpoint at ``model_dir`` and write the result to ``out``. Returns the recipe.
 
-    ``source_info`` adds to the recipe's source record (e.g. the Hub id and revision it came from).
+    Streams: reads only the weights it folds, copies (or with ``link`` hard-links) every untouched
+    shard. ``source_info`` adds to the recipe's source record (e.g. the Hub id and revision).
+    Baking onto a baked folder composes: the record stays relative to the original source.
     """
     src, out = Path(model_dir), Path(out)
     _check_target(src, out)
     staging = Staging(out, force)  # refuses an existing output before any work
     ckpt = Checkpoint(src)
+    prev = load_record(src) if has_record(src) else None
     p = plan(ckpt, items)
     changed = sorted(k for k in p.updates if k in ckpt.tensors)
-    added = sorted(k for k in p.updates if k not in ckpt.tensors)
     recipe = {
         "bakesteer_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -163,23 +161,20 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
         },
         "dtype": str(next(iter(p.updates.values())).dtype).removeprefix("torch."),
         "convention": "layer L = decoder block L (0-based); resid = residual stream after block L",
-        "steers": [
-            {"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
-             "norm": float(it.steer.vector.norm()), "vector": f"steer.{i}", **it.origin}
-            for i, it in enumerate(items)
-        ],
+        "steers": [{"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
+                    "norm": float(it.steer.vector.norm()), **it.origin} for it in items],
         "tensors_changed": changed,
-        "tensors_added": added,
+        "tensors_added": sorted(k for k in p.updates if k not in ckpt.tensors),
     }
-    with staging as tmp, bar(total=len(ckpt.shard_meta), desc="writing shards", unit="shard",
+    index = ckpt.root / INDEX
+    copied = sum((src / s).stat().st_size for s in ckpt.shard_meta
+                 if not link or any(ckpt.tensors[k].shard == s for k in changed))
+    with staging as tmp, bar(total=copied, desc="writing", unit="B", unit_scale=True, unit_divisor=1024,
                              disable=not progress) as pbar:
-        left_out = write_checkpoint(ckpt, tmp, p.updates, p.config, pbar)
-        recipe["files_left_out"] = left_out
-        (tmp / SIDE_DIR).mkdir()
-        save_file({f"steer.{i}": it.steer.vector.to(torch.float64).clone() for i, it in enumerate(items)},
-                  str(tmp / SIDE_DIR / "vectors.safetensors"))
-        if p.originals:
-            save_file({k: v.contiguous() for k, v in p.originals.items()},
-                      str(tmp / SIDE_DIR / "original_biases.safetensors"))
-        (tmp / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
-    return recipe
+        recipe["shards"], recipe["files_left_out"] = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
+        record = Record(recipe, [it.steer.vector.to(torch.float64) for it in items], p.originals,
+                        (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None)
+        if prev is not None:
+            record = merge(prev, record)
+        record.write(tmp)
+    return record.recipe

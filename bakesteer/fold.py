@@ -9,19 +9,27 @@ import torch
 from .arch import Layout
 
 
+ROWS_BYTES = 32 << 20  # float64 working set per chunk of weight rows
+
+
 def through_delta(weight: torch.Tensor, v: torch.Tensor, coef: float, layout: Layout) -> torch.Tensor:
     """Bias change for ``v`` added to a linear layer's input: ``coef * W v``.
 
     nn.Linear stores W as (out, in) and computes x @ W.T + b; GPT-2's Conv1D stores (in, out)
-    and computes x @ W + b. Returns float64 of shape (out,).
+    and computes x @ W + b. Rows are upcast a chunk at a time, so memory stays near one chunk
+    whatever the weight's size. Returns float64 of shape (out,).
     """
-    w = weight.to(torch.float64)
     v = v.to(torch.float64)
+    rows = max(1, ROWS_BYTES // (8 * weight.shape[1]))
     if layout == "linear":
-        assert w.shape[1] == v.shape[0], (w.shape, v.shape)
-        return coef * (w @ v)  # (out, in) @ (in,) -> (out,)
-    assert w.shape[0] == v.shape[0], (w.shape, v.shape)
-    return coef * (v @ w)  # (in,) @ (in, out) -> (out,)
+        assert weight.shape[1] == v.shape[0], (weight.shape, v.shape)
+        parts = [weight[i:i + rows].to(torch.float64) @ v for i in range(0, weight.shape[0], rows)]
+        return coef * torch.cat(parts)  # (out, in) @ (in,) -> (out,)
+    assert weight.shape[0] == v.shape[0], (weight.shape, v.shape)
+    acc = torch.zeros(weight.shape[1], dtype=torch.float64)
+    for i in range(0, weight.shape[0], rows):
+        acc += v[i:i + rows] @ weight[i:i + rows].to(torch.float64)  # (rows,) @ (rows, out)
+    return coef * acc  # (in,) @ (in, out) -> (out,)
 
 
 def direct_delta(v: torch.Tensor, coef: float, scale: float = 1.0) -> torch.Tensor:

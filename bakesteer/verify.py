@@ -7,16 +7,14 @@ must match. The steering must move the logits by >= 100x the tolerance, or the c
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from .bake import RECIPE, SIDE_DIR
 from .errors import BakesteerError
 from .hooks import Steer, steering
+from .recipe import load_record
 from .progress import bar
 
 FP32_TOL = 1e-4
@@ -116,20 +114,6 @@ def compare(source, baked, steers: list[Steer], prompts: list[torch.Tensor], new
     return Report(str(dtype).removeprefix("torch."), diff, ref_diff, own, effect, kl_hb, kl_sh, n_tok, match, first)
 
 
-def load_recipe(out_dir: str | Path) -> tuple[dict, list[Steer]]:
-    out = Path(out_dir)
-    path = out / RECIPE
-    if not path.is_file():
-        raise BakesteerError(f"{out} has no {RECIPE}; verify takes a folder written by `bakesteer bake`.")
-    try:
-        recipe = json.loads(path.read_text())
-        vectors = load_file(str(out / SIDE_DIR / "vectors.safetensors"))
-        steers = [Steer(s["site"], int(s["layer"]), vectors[s["vector"]], float(s["coef"])) for s in recipe["steers"]]
-    except (OSError, ValueError, KeyError) as e:
-        raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.")
-    return recipe, steers
-
-
 def _tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
@@ -151,7 +135,8 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> 
     """Load the source with hooks and the baked folder, and compare them on fixed prompts."""
     from transformers import AutoModelForCausalLM
 
-    recipe, steers = load_recipe(out_dir)
+    rec = load_record(out_dir)
+    recipe, steers = rec.recipe, rec.steers
     src = Path(recipe["source"]["path"])
     if not (src / "config.json").is_file():
         raise BakesteerError(f"the source model {src} recorded in the bake is gone; verify needs it to compare.")

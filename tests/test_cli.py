@@ -143,7 +143,7 @@ def test_input_is_never_modified(tmp_path, llama_dir):
 
 def test_verify_on_a_folder_that_is_not_a_bake(tmp_path, llama_dir, capsys):
     assert main(["verify", str(llama_dir)]) == 2
-    assert "verify takes a folder written by `bakesteer bake`" in capsys.readouterr().err
+    assert "has no bakesteer.json; give a folder written by `bakesteer bake`" in capsys.readouterr().err
 
 
 def test_a_real_process_prints_no_traceback(tmp_path, llama_dir):

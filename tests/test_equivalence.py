@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import exact_sites, fold_target
 from bakesteer.bake import Item, bake
+from bakesteer.checkpoint import Checkpoint
 from bakesteer.hooks import Steer, steering
 from helpers import hooked_vs_baked, logits
 from bakesteer.tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
@@ -53,14 +53,12 @@ def test_fp32_baked_equals_hooked(tmp_path, name, site, layers):
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     for flag in recipe["written"]["flags_switched_on"]:
         assert cfg[flag] is True
-    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
-        keys = set(f.keys())
-        for key in recipe["tensors_added"]:
-            assert key in keys
-            t = f.get_tensor(key)
-            folded = any(f".{s.layer}." in key for s in steers) and any(
-                m in key for m in fold_target(CONFIGS[name]().to_dict(), site).site.fold)
-            assert bool(t.abs().sum() > 0) == folded, key
+    out = Checkpoint(tmp_path / "out")
+    for key in recipe["tensors_added"]:
+        t = out.read(key)
+        folded = any(f".{s.layer}." in key for s in steers) and any(
+            m in key for m in fold_target(CONFIGS[name]().to_dict(), site).site.fold)
+        assert bool(t.abs().sum() > 0) == folded, key
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2"])
@@ -91,8 +89,7 @@ def test_existing_biases_are_kept_and_added_to(tmp_path):
     steers = _steers("mlp_out", (2,))
     recipe = bake(tmp_path / "src", [Item(s, {}) for s in steers], tmp_path / "out", progress=False)
     assert recipe["tensors_added"] == [] and recipe["tensors_changed"] == ["transformer.h.2.mlp.c_proj.bias"]
-    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
-        new = f.get_tensor("transformer.h.2.mlp.c_proj.bias")
+    new = Checkpoint(tmp_path / "out").read("transformer.h.2.mlp.c_proj.bias")
     old = source.transformer.h[2].mlp.c_proj.bias.detach()
     assert torch.allclose(new.double(), old.double() + 4.0 * steers[0].vector, atol=1e-6)
     assert old.abs().max() > 0.01

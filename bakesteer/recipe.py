@@ -1,0 +1,114 @@
+"""The record a bake leaves in its output, composition of bakes, and unbake.
+
+``bakesteer.json`` says what was done; the ``bakesteer/`` folder keeps what is needed to check and
+undo it: the vectors as baked, every changed bias's value before any bake, and the original
+config and index. Baking onto a baked folder merges the records, so one unbake always returns
+to the original source, bit for bit.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import INDEX, Checkpoint, Staging, copy_file, copy_other_files, link_file, patch_file, tensor_bytes
+from .errors import BakesteerError
+from .hooks import Steer
+
+RECIPE = "bakesteer.json"
+SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
+
+
+@dataclass
+class Record:
+    recipe: dict
+    vectors: list[torch.Tensor]  # one per recipe["steers"] entry, float64
+    originals: dict[str, torch.Tensor]  # changed bias -> value in the original source
+    config: bytes  # the original config.json
+    index: bytes | None = None  # the original index, if the source was sharded
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def steers(self) -> list[Steer]:
+        return [Steer(s["site"], int(s["layer"]), v, float(s["coef"]))
+                for s, v in zip(self.recipe["steers"], self.vectors)]
+
+    def write(self, out: Path) -> None:
+        (out / SIDE).mkdir()
+        for i, s in enumerate(self.recipe["steers"]):
+            s["vector"] = f"steer.{i}"
+        save_file({f"steer.{i}": v.to(torch.float64).clone() for i, v in enumerate(self.vectors)},
+                  str(out / SIDE / "vectors.safetensors"))
+        save_file({k: v.clone().contiguous() for k, v in self.originals.items()},
+                  str(out / SIDE / "original_biases.safetensors"))
+        (out / SIDE / "original_config.json").write_bytes(self.config)
+        if self.index is not None:
+            (out / SIDE / "original_index.json").write_bytes(self.index)
+        (out / RECIPE).write_text(json.dumps(self.recipe, indent=2) + "\n")
+
+
+def has_record(folder: Path) -> bool:
+    return (Path(folder) / RECIPE).is_file()
+
+
+def load_record(folder: str | Path) -> Record:
+    out = Path(folder)
+    if not has_record(out):
+        raise BakesteerError(f"{out} has no {RECIPE}; give a folder written by `bakesteer bake`.")
+    side = out / SIDE
+    try:
+        recipe = json.loads((out / RECIPE).read_text())
+        vecs = load_file(str(side / "vectors.safetensors"))
+        vectors = [vecs[s["vector"]] for s in recipe["steers"]]
+        originals = load_file(str(side / "original_biases.safetensors"))
+        index = (side / "original_index.json").read_bytes() if (side / "original_index.json").is_file() else None
+        return Record(recipe, vectors, originals, (side / "original_config.json").read_bytes(), index)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.")
+
+
+def merge(prev: Record, new: Record) -> Record:
+    """A bake onto a baked folder, recorded relative to the original source."""
+    p, n = prev.recipe, new.recipe
+    added = sorted(set(p["tensors_added"]) | set(n["tensors_added"]))
+    changed = sorted((set(p["tensors_changed"]) | set(n["tensors_changed"])) - set(added))
+    originals = dict(prev.originals)
+    for k, v in new.originals.items():
+        if k not in originals and k not in p["tensors_added"]:
+            originals[k] = v
+    shards = {out: (p["shards"].get(mid) if mid is not None else None) for out, mid in n["shards"].items()}
+    written = dict(n["written"])
+    written["flags_switched_on"] = sorted(set(p["written"]["flags_switched_on"]) | set(written["flags_switched_on"]))
+    written["relabelled_from"] = p["written"]["relabelled_from"] or written["relabelled_from"]
+    recipe = {**n, "source": p["source"], "written": written, "steers": p["steers"] + n["steers"],
+              "tensors_changed": changed, "tensors_added": added, "shards": shards,
+              "bakes": p.get("bakes", 1) + 1}
+    return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index)
+
+
+def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool = False, progress=None) -> dict:
+    """Restore the original source of a baked folder: every tensor and the config bit for bit."""
+    rec = load_record(folder)
+    baked = Checkpoint(folder)
+    missing = [k for k in rec.recipe["tensors_changed"] if k not in rec.originals]
+    if missing:
+        raise BakesteerError(f"{folder}'s record lacks the original values of {missing[0]}; it cannot be unbaked.")
+    with Staging(Path(out), force) as tmp:
+        for name, orig in rec.recipe["shards"].items():
+            if orig is None:
+                continue  # the shard that holds only biases the bake added
+            patches = [(baked.tensors[k].start, tensor_bytes(v)) for k, v in rec.originals.items()
+                       if baked.tensors[k].shard == name]
+            if patches or not link:
+                copy_file(baked.root / name, tmp / orig, progress)
+                patch_file(tmp / orig, patches)
+            else:
+                link_file(baked.root / name, tmp / orig)
+        (tmp / "config.json").write_bytes(rec.config)
+        if rec.index is not None:
+            (tmp / INDEX).write_bytes(rec.index)
+        copy_other_files(baked.root, tmp, skip=set(rec.recipe["shards"]))
+    return rec.recipe
