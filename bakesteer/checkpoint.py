@@ -161,10 +161,6 @@ class Checkpoint(TensorSource):
         return flat.view(info.shape)
 
 
-def _nospace(e: OSError, path: Path) -> BakesteerError:
-    return BakesteerError(f"no space left on the device while writing {path}; free some space and run again.")
-
-
 def copy_file(src: Path, dst: Path, progress=None) -> None:
     """Copy by the kernel (copy_file_range), reporting bytes to ``progress``."""
     with open(src, "rb") as fs, open(dst, "wb") as fd:
@@ -230,32 +226,27 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, torch.Te
         info = ckpt.tensors[key]
         assert (info.torch_dtype, info.shape) == (t.dtype, tuple(t.shape)), (key, info, t.dtype, t.shape)
         touched.setdefault(info.shard, []).append((info.start, tensor_bytes(t)))
-    try:
-        for new, old in names.items():
-            if old is None:
-                save_file({k: t.contiguous() for k, t in sorted(added.items())}, str(out / new),
-                          metadata={"format": "pt"})
-            elif old in touched or not link:
-                copy_file(ckpt.root / old, out / new, progress)
-                patch_file(out / new, touched.get(old, []))
-            else:
-                link_file(ckpt.root / old, out / new)
-        if ckpt.sharded or added:
-            where = {k: i.shard for k, i in ckpt.tensors.items()}
-            to_new = {old: new for new, old in names.items()}
-            index = json.loads((ckpt.root / INDEX).read_text()) if ckpt.sharded else {}
-            index["weight_map"] = dict(sorted({**{k: to_new[s] for k, s in where.items()},
-                                               **{k: to_new[None] for k in added}}.items()))
-            total = sum(i.end - i.start for i in ckpt.tensors.values())
-            total += sum(t.numel() * t.element_size() for t in added.values())
-            index["metadata"] = {**index.get("metadata", {}), "total_size": total}
-            (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        left_out = copy_other_files(ckpt.root, out, skip=set(ckpt.shard_meta))
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise _nospace(e, out)
-        raise
+    for new, old in names.items():
+        if old is None:
+            save_file({k: t.contiguous() for k, t in sorted(added.items())}, str(out / new),
+                      metadata={"format": "pt"})
+        elif old in touched or not link:
+            copy_file(ckpt.root / old, out / new, progress)
+            patch_file(out / new, touched.get(old, []))
+        else:
+            link_file(ckpt.root / old, out / new)
+    if ckpt.sharded or added:
+        where = {k: i.shard for k, i in ckpt.tensors.items()}
+        to_new = {old: new for new, old in names.items()}
+        index = json.loads((ckpt.root / INDEX).read_text()) if ckpt.sharded else {}
+        index["weight_map"] = dict(sorted({**{k: to_new[s] for k, s in where.items()},
+                                           **{k: to_new[None] for k in added}}.items()))
+        total = sum(i.end - i.start for i in ckpt.tensors.values())
+        total += sum(t.numel() * t.element_size() for t in added.values())
+        index["metadata"] = {**index.get("metadata", {}), "total_size": total}
+        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    left_out = copy_other_files(ckpt.root, out, skip=set(ckpt.shard_meta))
     return names, left_out
 
 
@@ -318,7 +309,9 @@ class Staging:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise _nospace(exc, self.target) from None
+                raise BakesteerError(
+                    f"no space left on the device while writing {self.target}; free some space and run again."
+                ) from None
             return
         old = self.target.parent / f".{self.target.name}.bakesteer-old-{os.getpid()}"
         if self.target.exists():

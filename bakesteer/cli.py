@@ -38,8 +38,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="coefficient per --vector, or one for all (default: the file's suggestion, else 1)")
     b.add_argument("-o", "--output", help="output folder (default: exported/<model>-<vector>-<site>-L<layers>)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("--link", action="store_true",
+                   help="hard-link untouched shards instead of copying them (same file system; never modify them)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bake)
+    u = sub.add_parser("unbake", help="restore the original checkpoint of a baked folder, bit for bit")
+    u.add_argument("dir", help="a folder written by `bakesteer bake`")
+    u.add_argument("-o", "--output", required=True, help="where to write the restored checkpoint")
+    u.add_argument("--force", action="store_true", help="replace an existing output folder")
+    u.add_argument("--link", action="store_true", help="hard-link shards that need no change")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    u.set_defaults(func=cmd_unbake)
     v = sub.add_parser("verify", help="compare a baked folder with hook-based steering of its source")
     v.add_argument("dir", help="a folder written by `bakesteer bake`")
     v.add_argument("--new-tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
@@ -71,7 +80,7 @@ def cmd_bake(a: argparse.Namespace) -> int:
             items.append(Item(Steer(site, block, vec, float(coef)), origin))
     out = Path(a.output) if a.output else default_output(model_name, [f.path.stem for f in files],
                                                          "+".join(sorted(sites)), layers)
-    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info)
+    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info, link=a.link)
     w = recipe["written"]
     print(f"baked {len(items)} vector(s) into {model_dir} -> {out}")
     for s in recipe["steers"]:
@@ -83,6 +92,15 @@ def cmd_bake(a: argparse.Namespace) -> int:
     if recipe["files_left_out"]:
         print(f"  left out (unbaked weights or folders): {', '.join(recipe['files_left_out'])}")
     print(f"next: bakesteer verify {out}")
+    return 0
+
+
+def cmd_unbake(a: argparse.Namespace) -> int:
+    from .recipe import unbake
+
+    recipe = unbake(a.dir, a.output, force=a.force, link=a.link, progress=not a.quiet)
+    print(f"restored {recipe['source']['path']} as it was before {len(recipe['steers'])} baked vector(s) "
+          f"-> {a.output}")
     return 0
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import INDEX, Checkpoint, Staging, copy_file, copy_other_files, link_file, patch_file, tensor_bytes
 from .errors import BakesteerError
 from .hooks import Steer
+from .progress import bar
 
 RECIPE = "bakesteer.json"
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
@@ -89,22 +90,26 @@ def merge(prev: Record, new: Record) -> Record:
     return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index)
 
 
-def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool = False, progress=None) -> dict:
+def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool = False,
+           progress: bool = False) -> dict:
     """Restore the original source of a baked folder: every tensor and the config bit for bit."""
     rec = load_record(folder)
     baked = Checkpoint(folder)
     missing = [k for k in rec.recipe["tensors_changed"] if k not in rec.originals]
     if missing:
         raise BakesteerError(f"{folder}'s record lacks the original values of {missing[0]}; it cannot be unbaked.")
-    with Staging(Path(out), force) as tmp:
+    patches = {name: [(baked.tensors[k].start, tensor_bytes(v)) for k, v in rec.originals.items()
+                      if baked.tensors[k].shard == name] for name in rec.recipe["shards"]}
+    size = sum((baked.root / n).stat().st_size for n, o in rec.recipe["shards"].items()
+               if o is not None and (patches[n] or not link))
+    with Staging(Path(out), force) as tmp, bar(total=size, desc="writing", unit="B", unit_scale=True,
+                                                unit_divisor=1024, disable=not progress) as pbar:
         for name, orig in rec.recipe["shards"].items():
             if orig is None:
                 continue  # the shard that holds only biases the bake added
-            patches = [(baked.tensors[k].start, tensor_bytes(v)) for k, v in rec.originals.items()
-                       if baked.tensors[k].shard == name]
-            if patches or not link:
-                copy_file(baked.root / name, tmp / orig, progress)
-                patch_file(tmp / orig, patches)
+            if patches[name] or not link:
+                copy_file(baked.root / name, tmp / orig, pbar)
+                patch_file(tmp / orig, patches[name])
             else:
                 link_file(baked.root / name, tmp / orig)
         (tmp / "config.json").write_bytes(rec.config)

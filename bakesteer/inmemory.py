@@ -1,0 +1,54 @@
+"""Bake into a model already loaded in memory (library API). The streaming bake is the default;
+this path exists for callers that hold a model object, and must give the same tensors bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+
+from .bake import Item, plan
+from .checkpoint import _NAMES, TensorInfo, TensorSource
+from .errors import BakesteerError
+
+
+class ModelTensors(TensorSource):
+    """A loaded model seen as a tensor source for the bake planner."""
+
+    where = "the model"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.config = model.config.to_dict()
+        self.state = model.state_dict()
+        self.tensors = {
+            k: TensorInfo("", _NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape)) for k, t in self.state.items()
+        }
+
+    def read(self, key: str) -> torch.Tensor:
+        return self.state[key].detach()
+
+
+def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
+    """Fold ``items`` into ``model``'s biases in place and return it (a new model when the family changes)."""
+    source = ModelTensors(model)
+    p = plan(source, items)
+    if p.relabelled_from is not None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = {k: v for k, v in p.config.items() if k not in ("model_type", "transformers_version")}
+        new = AutoModelForCausalLM.from_config(AutoConfig.for_model(p.config["model_type"], **cfg),
+                                               dtype=next(model.parameters()).dtype)
+        state = {k: v for k, v in source.state.items() if k in new.state_dict()}
+        missing = new.load_state_dict({**state, **p.updates}, strict=False).missing_keys
+        if missing:
+            raise BakesteerError(f"relabelling left {missing[0]} unset; bake to disk instead.")
+        return new.eval()
+    with torch.no_grad():
+        for key, value in p.updates.items():
+            module = model.get_submodule(key.rsplit(".", 1)[0])
+            if module.bias is None:
+                module.bias = torch.nn.Parameter(value.clone(), requires_grad=False)
+            else:
+                module.bias.copy_(value)
+    for flag in p.flags:
+        setattr(model.config, flag, True)
+    return model

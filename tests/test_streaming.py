@@ -1,0 +1,188 @@
+"""Bake at any size: streamed output equals the in-memory bake, unbake is bit-exact, failures leave nothing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from bakesteer.arch import exact_sites
+from bakesteer.bake import Item, bake
+from bakesteer.checkpoint import Checkpoint
+from bakesteer.cli import main
+from bakesteer.hooks import Steer
+from bakesteer.inmemory import bake_model
+from bakesteer.recipe import unbake
+from bakesteer.tiny import CONFIGS, HIDDEN, make_model, save_model
+
+
+def _items(site: str, layers=(0, 2), seed: int = 0) -> list[Item]:
+    g = torch.Generator().manual_seed(seed)
+    return [Item(Steer(site, L, torch.randn(HIDDEN, generator=g, dtype=torch.float64), 3.0), {}) for L in layers]
+
+
+def _tensor_hashes(folder) -> dict[str, str]:
+    ck = Checkpoint(folder)
+    return {k: hashlib.sha256(ck.read(k).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for k in ck.tensors}
+
+
+def _file_hashes(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+CASES = [(n, s) for n in CONFIGS for s in exact_sites(CONFIGS[n]().to_dict())]
+
+
+@pytest.mark.parametrize("name,site", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_streamed_equals_in_memory_bit_for_bit(tmp_path, name, site):
+    save_model(name, tmp_path / "src")
+    items = _items(site)
+    bake(tmp_path / "src", items, tmp_path / "streamed", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "src")
+    bake_model(model, items).save_pretrained(tmp_path / "memory")
+    a, b = Checkpoint(tmp_path / "streamed"), Checkpoint(tmp_path / "memory")
+    assert set(a.tensors) == set(b.tensors)
+    assert all(torch.equal(a.read(k), b.read(k)) for k in a.tensors)
+    cfg_a = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    cfg_b = json.loads((tmp_path / "memory" / "config.json").read_text())
+    flags = lambda c: (c["model_type"], bool(c.get("attention_bias")), bool(c.get("mlp_bias")))  # noqa: E731
+    assert flags(cfg_a) == flags(cfg_b)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("link", [False, True])
+def test_unbake_restores_every_byte_after_one_and_two_bakes(tmp_path, sharded, link):
+    model = make_model("qwen2")  # q/k/v biases exist (changed in place); o/MLP biases do not (added)
+    model.save_pretrained(tmp_path / "src", max_shard_size="40KB" if sharded else "5GB")
+    assert (tmp_path / "src" / "model.safetensors.index.json").exists() == sharded
+    src_files, src_tensors = _file_hashes(tmp_path / "src"), _tensor_hashes(tmp_path / "src")
+    opt = {"progress": False, "link": link}
+    bake(tmp_path / "src", _items("attn_in", (1,)) + _items("resid", (2,)), tmp_path / "once", **opt)
+    bake(tmp_path / "once", _items("attn_in", (1, 3), seed=1) + _items("mlp_out", (0,)), tmp_path / "twice", **opt)
+    rec = json.loads((tmp_path / "twice" / "bakesteer.json").read_text())
+    assert rec["bakes"] == 2 and len(rec["steers"]) == 5 and rec["source"]["path"] == str((tmp_path / "src"))
+    assert _tensor_hashes(tmp_path / "src") == src_tensors and _file_hashes(tmp_path / "src") == src_files
+    for baked in ("once", "twice"):
+        unbake(tmp_path / baked, tmp_path / f"un-{baked}", link=link)
+        assert _tensor_hashes(tmp_path / f"un-{baked}") == src_tensors
+        assert _file_hashes(tmp_path / f"un-{baked}") == src_files  # config, index and shards byte for byte
+    assert main(["verify", str(tmp_path / "twice"), "-q", "--new-tokens", "8"]) == 0
+
+
+def test_link_mode_hard_links_untouched_shards_only(tmp_path):
+    make_model("llama").save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    bake(tmp_path / "src", _items("resid", (3,)), tmp_path / "out", progress=False, link=True)
+    rec = json.loads((tmp_path / "out" / "bakesteer.json").read_text())
+    for new, old in rec["shards"].items():
+        same = os.stat(tmp_path / "out" / new).st_ino == (old and os.stat(tmp_path / "src" / old).st_ino)
+        assert same == (old is not None), (new, old)  # every source shard linked; only the bias shard is new
+
+
+def test_a_killed_bake_leaves_no_output_and_the_next_run_cleans_up(tmp_path):
+    from safetensors.torch import save_file
+
+    save_model("llama", tmp_path / "src")
+    np.save(tmp_path / "v.npy", np.ones(HIDDEN, dtype=np.float32))
+    # make the copy slow enough to interrupt: a second, 1 GiB shard that the bake copies byte for byte
+    save_file({"padding.weight": torch.zeros(256, 1024, 1024)}, str(tmp_path / "src" / "model-pad.safetensors"))
+    weight_map = {k: "model.safetensors" for k in Checkpoint(tmp_path / "src").tensors}
+    weight_map["padding.weight"] = "model-pad.safetensors"
+    (tmp_path / "src" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    cmd = [sys.executable, "-m", "bakesteer", "bake", "--model", str(tmp_path / "src"), "--vector",
+           str(tmp_path / "v.npy"), "--layer", "1", "-o", str(tmp_path / "out"), "-q"]
+    proc = subprocess.Popen(cmd)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the copy is under way
+        tmp = [p for p in tmp_path.iterdir() if p.name.startswith(".out.bakesteer-tmp-")]
+        if tmp and any(p.stat().st_size > 0 for p in tmp[0].iterdir()):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if ".bakesteer-tmp-" in p.name]
+    assert leftovers, "the kill came too late to test anything"
+    assert subprocess.run(cmd).returncode == 0
+    assert (tmp_path / "out" / "bakesteer.json").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".bakesteer-" in p.name]
+
+
+def _refuse(capsys, argv, match, out):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if ".bakesteer-" in p.name]
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    make_model("llama").save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    np.save(tmp_path / "v.npy", np.ones(HIDDEN, dtype=np.float32))
+    return tmp_path / "src", ["--vector", str(tmp_path / "v.npy"), "--layer", "1", "-o", str(tmp_path / "out"), "-q"]
+
+
+def test_missing_shard(sharded, capsys):
+    src, rest = sharded
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    _refuse(capsys, ["bake", "--model", str(src), *rest], f"names {shard.name} in its index but the file is missing",
+            src.parent / "out")
+
+
+def test_index_that_names_a_missing_file(sharded, capsys):
+    src, rest = sharded
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "model-99999-of-99999.safetensors"
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    _refuse(capsys, ["bake", "--model", str(src), *rest], "model-99999-of-99999.safetensors", src.parent / "out")
+
+
+@pytest.mark.parametrize("damage", ["truncated-header", "truncated-data", "garbage-header"])
+def test_corrupt_shard(sharded, capsys, damage):
+    src, rest = sharded
+    shard = sorted(src.glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    shard.write_bytes({"truncated-header": data[: 8 + n // 2], "truncated-data": data[: 8 + n + 10],
+                       "garbage-header": data[:8] + b"\xff" * n + data[8 + n:]}[damage])
+    _refuse(capsys, ["bake", "--model", str(src), *rest], "is truncated or corrupt", src.parent / "out")
+
+
+def test_weights_the_fold_cannot_handle(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    save_model("llama", tmp_path / "src")
+    path = tmp_path / "src" / "model.safetensors"
+    t = load_file(str(path))
+    t["model.layers.1.self_attn.q_proj.weight"] = t["model.layers.1.self_attn.q_proj.weight"].to(torch.float8_e4m3fn)
+    save_file(t, str(path))
+    np.save(tmp_path / "v.npy", np.ones(HIDDEN, dtype=np.float32))
+    _refuse(capsys, ["bake", "--model", str(tmp_path / "src"), "--vector", str(tmp_path / "v.npy"), "--layer", "1",
+                     "--site", "attn_in", "-o", str(tmp_path / "out")], "is stored as F8_E4M3", tmp_path / "out")
+
+
+def test_disk_full_is_one_sentence_and_leaves_nothing(sharded, capsys, monkeypatch):
+    src, rest = sharded
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    _refuse(capsys, ["bake", "--model", str(src), *rest], "no space left on the device", src.parent / "out")
+
+
+def test_unbake_refuses_a_folder_that_is_not_a_bake(sharded, capsys):
+    src, _ = sharded
+    _refuse(capsys, ["unbake", str(src), "-o", str(src.parent / "out")], "has no bakesteer.json", src.parent / "out")
