@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from . import __version__
 from .arch import ALWAYS, NEVER, Arch, arch_for, fold_target
-from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, write_checkpoint
+from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, convert_bin, is_bin_checkpoint, write_checkpoint
 from .errors import BakesteerError
 from .fold import apply_delta, direct_delta, through_delta
 from .hooks import Steer
@@ -138,7 +139,22 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
     src, out = Path(model_dir), Path(out)
     _check_target(src, out)
     staging = Staging(out, force)  # refuses an existing output before any work
-    ckpt = Checkpoint(src)
+    if not (src / "config.json").is_file():
+        raise BakesteerError(f"{src} has no config.json; pass a Hugging Face model folder with --model.")
+    if is_bin_checkpoint(src):  # convert to safetensors beside the output, then link from there
+        conv = out.parent / f".{out.name}.bakesteer-conv-{os.getpid()}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            convert_bin(src, conv, progress)
+            info = {**(source_info or {}), "format": "pytorch .bin (converted to safetensors)"}
+            return _bake(Checkpoint(conv), src, items, staging, progress, info, link=True)
+        finally:
+            shutil.rmtree(conv, ignore_errors=True)
+    return _bake(Checkpoint(src), src, items, staging, progress, source_info, link)
+
+
+def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, progress: bool,
+          source_info: dict | None, link: bool) -> dict:
     prev = load_record(src) if has_record(src) else None
     p = plan(ckpt, items)
     changed = sorted(k for k in p.updates if k in ckpt.tensors)
@@ -167,7 +183,7 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
         "tensors_added": sorted(k for k in p.updates if k not in ckpt.tensors),
     }
     index = ckpt.root / INDEX
-    copied = sum((src / s).stat().st_size for s in ckpt.shard_meta
+    copied = sum((ckpt.root / s).stat().st_size for s in ckpt.shard_meta
                  if not link or any(ckpt.tensors[k].shard == s for k in changed))
     with staging as tmp, bar(total=copied, desc="writing", unit="B", unit_scale=True, unit_divisor=1024,
                              disable=not progress) as pbar:

@@ -186,3 +186,61 @@ def test_disk_full_is_one_sentence_and_leaves_nothing(sharded, capsys, monkeypat
 def test_unbake_refuses_a_folder_that_is_not_a_bake(sharded, capsys):
     src, _ = sharded
     _refuse(capsys, ["unbake", str(src), "-o", str(src.parent / "out")], "has no bakesteer.json", src.parent / "out")
+
+
+@pytest.mark.parametrize("shard_size", ["5GB", "40KB"])
+def test_pytorch_bin_checkpoint_is_read_safely_and_written_as_safetensors(tmp_path, shard_size):
+    model = make_model("llama")
+    model.config.tie_word_embeddings = True  # tied tensors share storage in a .bin file
+    model.tie_weights()
+    model.save_pretrained(tmp_path / "st", max_shard_size=shard_size)
+    state = Checkpoint(tmp_path / "st")
+    if shard_size == "5GB":  # write the .bin files by hand: one pickle, tied weights sharing storage
+        (tmp_path / "bin").mkdir()
+        torch.save(dict(model.state_dict()), tmp_path / "bin" / "pytorch_model.bin")
+    else:
+        (tmp_path / "bin").mkdir()
+        index = {"metadata": {}, "weight_map": {}}
+        for i, shard in enumerate(sorted(state.shard_meta)):
+            name = f"pytorch_model-{i + 1:05d}-of-{len(state.shard_meta):05d}.bin"
+            keys = [k for k, info in state.tensors.items() if info.shard == shard]
+            torch.save({k: state.read(k).clone() for k in keys}, tmp_path / "bin" / name)
+            index["weight_map"].update({k: name for k in keys})
+        (tmp_path / "bin" / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (tmp_path / "bin" / "config.json").write_bytes((tmp_path / "st" / "config.json").read_bytes())
+    items = _items("resid", (1, 2))
+    bake(tmp_path / "st", items, tmp_path / "from-st", progress=False)
+    rec = bake(tmp_path / "bin", items, tmp_path / "from-bin", progress=False)
+    assert "pytorch .bin" in rec["source"]["format"] and "pytorch_model" not in " ".join(rec["shards"])
+    a, b = Checkpoint(tmp_path / "from-st"), Checkpoint(tmp_path / "from-bin")
+    shared = set(a.tensors) & set(b.tensors)
+    assert set(a.tensors) - shared <= {"lm_head.weight"} and set(b.tensors) - shared <= {"lm_head.weight"}
+    assert all(torch.equal(a.read(k), b.read(k)) for k in shared)
+    baked, info = AutoModelForCausalLM.from_pretrained(tmp_path / "from-bin", output_loading_info=True)
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+    assert not [p for p in tmp_path.iterdir() if ".bakesteer-" in p.name]  # the conversion folder is gone
+    unbake(tmp_path / "from-bin", tmp_path / "restored")
+    r = Checkpoint(tmp_path / "restored")
+    assert all(torch.equal(r.read(k), model.state_dict()[k]) for k in r.tensors)
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open('PWNED', 'w').write('x')",))
+
+    save_model("llama", tmp_path / "st")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_bytes((tmp_path / "st" / "config.json").read_bytes())
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(pickle.dumps({"model.norm.weight": Boom()}))
+    np.save(tmp_path / "v.npy", np.ones(HIDDEN, dtype=np.float32))
+    monkey_cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        _refuse(capsys, ["bake", "--model", str(tmp_path / "bin"), "--vector", str(tmp_path / "v.npy"), "--layer",
+                         "1", "-o", str(tmp_path / "out"), "-q"], "could not be read safely", tmp_path / "out")
+    finally:
+        os.chdir(monkey_cwd)
+    assert not (tmp_path / "PWNED").exists()
