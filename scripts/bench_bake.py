@@ -1,0 +1,167 @@
+"""Benchmark a bake at size: bakesteer's streaming bake against `cp -r` and the naive load-edit-save path.
+
+Builds synthetic sharded Llama-architecture checkpoints (random bf16 weights, 1 GB shards, from a
+config; no download), then measures in one run, each in a child process (wall time and peak RSS
+from wait4): `cp -r`, `bakesteer bake` (copy mode and --link), and the naive path
+(`from_pretrained` + edit + `save_pretrained`). Rounds are interleaved; medians are reported.
+
+    python scripts/bench_bake.py                       # sizes 2.2 GB and 4.6 GB, 3 rounds
+    python scripts/bench_bake.py --layers 5,12 --rounds 3 --workdir /path/on/the/same/disk
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 4096, 11008, 32, 8, 32000
+SHARD_BYTES = 1 << 30
+
+NAIVE = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+src, out, layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
+v = torch.ones(4096, dtype=torch.float64)
+m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+for name in ("gate_proj", "up_proj"):
+    lin = getattr(m.model.layers[layer].mlp, name)
+    lin.bias = torch.nn.Parameter((lin.weight.double() @ v).to(torch.bfloat16))
+m.save_pretrained(out)
+"""
+
+
+def make_checkpoint(path: Path, layers: int) -> int:
+    """A Llama-shaped bf16 checkpoint of ``layers`` blocks in ~1 GB shards; returns its size in bytes.
+
+    Runs in a child process (``--make``): a parent that held gigabytes would hand its peak RSS down
+    to every child it starts, and the children's measured peaks would be wrong.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,),
+              "lm_head.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (KV_HEADS * 128, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV_HEADS * 128, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": (INTER, HIDDEN), p + "mlp.up_proj.weight": (INTER, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, INTER), p + "input_layernorm.weight": (HIDDEN,),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
+        })
+    path.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    shards, cur, size = [], {}, 0
+    for k, shape in shapes.items():
+        cur[k] = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+        size += cur[k].numel() * 2
+        if sum(t.numel() * 2 for t in cur.values()) >= SHARD_BYTES:
+            shards.append(cur)
+            cur = {}
+    shards.append(cur) if cur else None
+    weight_map = {}
+    for i, tensors in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(path / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in tensors})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": size},
+                                                                   "weight_map": weight_map}))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+           "intermediate_size": INTER, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+           "num_hidden_layers": layers, "vocab_size": VOCAB, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16",
+           "tie_word_embeddings": False, "max_position_embeddings": 4096}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return size
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", default="5,12", help="checkpoint sizes as block counts (5 ≈ 2.2 GB, 12 ≈ 4.6 GB)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary folder in /tmp)")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--make", nargs=2, metavar=("DIR", "LAYERS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make:
+        print(make_checkpoint(Path(args.make[0]), int(args.make[1])))
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench_bake-", dir=args.workdir))
+    bakesteer = [sys.executable, "-m", "bakesteer"]
+    largest_read = INTER * HIDDEN * 2 / 2**20  # mlp_in reads gate and up, one at a time: (11008, 4096) bf16
+    try:
+        (work / "v.json").write_text(json.dumps({"directions": {"3": [1.0] * HIDDEN}}))  # IBM key 3 = resid 2
+        (work / "u.json").write_text(json.dumps({"bakesteer": {"site": "mlp_in", "vectors": {"2": [1.0] * HIDDEN}}}))
+        print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} "
+              f"GiB; work folder {work}")
+        for layers in [int(x) for x in args.layers.split(",")]:
+            src = work / f"src-{layers}"
+            t0 = time.perf_counter()
+            size = int(subprocess.run([sys.executable, __file__, "--make", str(src), str(layers)], check=True,
+                                      capture_output=True, text=True).stdout)
+            nshards = len(list(src.glob("*.safetensors")))
+            print(f"\n## {size / 1e9:.2f} GB, {nshards} shards, {layers} blocks (made in {time.perf_counter() - t0:.0f} s)")
+            subprocess.run(["cat", *map(str, src.iterdir())], stdout=subprocess.DEVNULL)  # warm the page cache
+            methods = {
+                "cp -r": lambda out: ["cp", "-r", str(src), str(out)],
+                "bakesteer resid (copy)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
+                                                       str(work / "v.json"), "--layer", "3", "-o", str(out), "-q"],
+                "bakesteer mlp_in (copy)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
+                                                        str(work / "u.json"), "--layer", "2", "-o", str(out), "-q"],
+                "bakesteer resid (--link)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
+                                                         str(work / "v.json"), "--layer", "3", "-o", str(out), "-q",
+                                                         "--link"],
+                "bakesteer mlp_in (--link)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
+                                                          str(work / "u.json"), "--layer", "2", "-o", str(out), "-q",
+                                                          "--link"],
+            }
+            if not args.skip_naive:
+                methods["naive load+save"] = lambda out: [sys.executable, "-c", NAIVE, str(src), str(out), "2"]
+            results = {m: [] for m in methods}
+            for r in range(args.rounds):
+                for name, cmd in methods.items():
+                    out = work / "out"
+                    results[name].append(run(cmd(out)))
+                    shutil.rmtree(out)
+                    subprocess.run(["sync"])
+            cp = statistics.median(w for w, _ in results["cp -r"])
+            print("| method | wall s (median) | × cp -r | peak RSS MB |")
+            print("|---|---|---|---|")
+            for name, rs in results.items():
+                wall = statistics.median(w for w, _ in rs)
+                rss = max(m for _, m in rs)
+                print(f"| {name} | {wall:.2f} | {wall / cp:.2f} | {rss:.0f} |")
+            med = {n: statistics.median(w for w, _ in rs) / cp for n, rs in results.items()}
+            copy = max(v for n, v in med.items() if n.endswith("(copy)"))
+            link = max(v for n, v in med.items() if n.endswith("(--link)"))
+            rss = max(m for n, rs in results.items() if n.startswith("bakesteer") for _, m in rs)
+            budget = 2 * largest_read + 300
+            print(f"goals: copy {copy:.2f}× cp -r (≤ 1.1: {'met' if copy <= 1.1 else 'MISSED'}); "
+                  f"--link {link:.2f}× (≤ 0.1: {'met' if link <= 0.1 else 'MISSED'}); "
+                  f"peak RSS {rss:.0f} MB ≤ 2 × {largest_read:.0f} MB + 300 = {budget:.0f} MB: "
+                  f"{'met' if rss <= budget else 'MISSED'}")
+            shutil.rmtree(src)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
