@@ -2,6 +2,14 @@
 __version__ = "0.1.0"
 
 from .errors import BakesteerError  # noqa: E402
-from .hooks import Steer, steering  # noqa: E402
+from .steer import Steer  # noqa: E402
 
 __all__ = ["BakesteerError", "Steer", "steering", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "steering":  # imports torch, so only on use
+        from .hooks import steering
+
+        return steering
+    raise AttributeError(name)

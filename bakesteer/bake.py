@@ -8,15 +8,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from . import __version__
-from .arch import ALWAYS, NEVER, Arch, arch_for, fold_target
+from .arch import Arch, arch_for, fold_target
 from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, convert_bin, is_bin_checkpoint, write_checkpoint
 from .errors import BakesteerError
 from .fold import apply_delta, direct_delta, through_delta
-from .hooks import Steer
 from .progress import bar
+from .steer import Steer, as_f64
 from .recipe import Record, has_record, load_record, merge
 
 
@@ -34,40 +34,45 @@ class Plan:
     relabelled_from: str | None
     flags: list[str]  # config flags switched on
     config: dict  # the written config.json
-    updates: dict[str, torch.Tensor]  # bias key -> new value (changed or added)
-    originals: dict[str, torch.Tensor]  # bias key -> value before the bake (changed keys only)
+    updates: dict[str, np.ndarray]  # bias key -> new value (changed or added), in the checkpoint's dtype
+    originals: dict[str, np.ndarray]  # bias key -> value before the bake (changed keys only)
 
 
 def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
     if not items:
         raise BakesteerError("nothing to bake; give at least one --vector and --layer.")
     for it in items:
-        s = it.steer
-        if s.vector.shape != (hidden,):
+        s, v = it.steer, as_f64(it.steer.vector)
+        if v.shape != (hidden,):
             raise BakesteerError(
-                f"the vector for layer {s.layer} has {s.vector.shape[0]} entries but the model's hidden size is "
+                f"the vector for layer {s.layer} has {v.size} entries but the model's hidden size is "
                 f"{hidden}; it was made for another model."
             )
         if not 0 <= s.layer < n_layers:
             raise BakesteerError(f"layer {s.layer} is out of range; this model has blocks 0 to {n_layers - 1}.")
-        if not torch.isfinite(s.vector).all():
+        if not np.isfinite(v).all():
             raise BakesteerError(f"the vector for layer {s.layer} contains NaN or infinite values; regenerate it.")
-        if not torch.isfinite(torch.tensor(s.coef)):
+        if not np.isfinite(s.coef):
             raise BakesteerError(f"coefficient {s.coef} is not a finite number; pass a real --coef.")
 
 
 def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
     """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds."""
     source = arch_for(ckpt.config)
+    quant = ckpt.config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "quantized") if isinstance(quant, dict) else "quantized"
+        raise BakesteerError(f"{ckpt.where} is a {method} checkpoint; bake the unquantized model and quantize "
+                             "the baked folder afterwards.")
     cfg = source.config(ckpt.config)
     hidden, n_layers = source.hidden_and_layers(cfg)
     check_items(items, hidden, n_layers)
     targets = [fold_target(cfg, it.steer.site) for it in items]
     relabels = {t.relabelled_from for t in targets} - {None}
     arch = next((t.arch for t in targets if t.relabelled_from), source)
-    flags = sorted({f for t in targets for f in t.flags} | (_kept_flags(source, arch) if relabels else set()))
+    flags = sorted({f for t in targets for f in t.flags})  # a relabelled target's flags keep the source biases
 
-    deltas: dict[str, torch.Tensor] = {}
+    deltas: dict[str, np.ndarray] = {}
     weights: dict[str, str] = {}  # bias key -> weight key, for dtype and placement
     for it in items:
         s = it.steer
@@ -76,16 +81,16 @@ def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
             wkey = ckpt.resolve(f"{arch.layers}.{s.layer}.{module}.weight")
             bkey = wkey[: -len("weight")] + "bias"
             if site.rule == "through":
-                d = through_delta(ckpt.read(wkey), s.vector, s.coef, arch.layout)
+                d = through_delta(ckpt.read(wkey), as_f64(s.vector), s.coef, arch.layout)
             else:
-                d = direct_delta(s.vector, s.coef, float(cfg[site.scale]) if site.scale else 1.0)
+                d = direct_delta(as_f64(s.vector), s.coef, float(cfg[site.scale]) if site.scale else 1.0)
             deltas[bkey] = deltas.get(bkey, 0) + d
             weights[bkey] = wkey
 
     updates, originals = {}, {}
     for bkey, d in deltas.items():
         old = ckpt.read(bkey) if bkey in ckpt.tensors else None
-        dtype = old.dtype if old is not None else ckpt.tensors[weights[bkey]].torch_dtype
+        dtype = old.dtype if old is not None else ckpt.tensors[weights[bkey]].np_dtype
         updates[bkey] = apply_delta(old, d, dtype)
         if old is not None:
             originals[bkey] = old
@@ -99,7 +104,7 @@ def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
                 if bkey not in ckpt.tensors and bkey not in updates:
                     w = ckpt.tensors[wkey]
                     out_dim = w.shape[0] if arch.layout == "linear" else w.shape[1]
-                    updates[bkey] = torch.zeros(out_dim, dtype=w.torch_dtype)
+                    updates[bkey] = np.zeros(out_dim, dtype=w.np_dtype)
 
     config = dict(ckpt.config)
     if relabels:
@@ -110,11 +115,6 @@ def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
     for flag in flags:
         config[flag] = True
     return Plan(arch, source.name if relabels else None, flags, config, updates, originals)
-
-
-def _kept_flags(source: Arch, target: Arch) -> set[str]:
-    """Flags the target family needs so that every bias the source always has still loads."""
-    return {target.bias_slot(m) for m, s in source.linears.items() if s == ALWAYS and target.bias_slot(m) != NEVER}
 
 
 def default_output(model_name: str, vector_names: list[str], site: str, layers: list[int]) -> Path:
@@ -175,10 +175,10 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
             "relabelled_from": p.relabelled_from,
             "flags_switched_on": p.flags,
         },
-        "dtype": str(next(iter(p.updates.values())).dtype).removeprefix("torch."),
+        "dtype": str(next(iter(p.updates.values())).dtype),
         "convention": "layer L = decoder block L (0-based); resid = residual stream after block L",
         "steers": [{"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
-                    "norm": float(it.steer.vector.norm()), **it.origin} for it in items],
+                    "norm": float(np.linalg.norm(as_f64(it.steer.vector))), **it.origin} for it in items],
         "tensors_changed": changed,
         "tensors_added": sorted(k for k in p.updates if k not in ckpt.tensors),
     }
@@ -188,7 +188,7 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
     with staging as tmp, bar(total=copied, desc="writing", unit="B", unit_scale=True, unit_divisor=1024,
                              disable=not progress) as pbar:
         recipe["shards"], recipe["files_left_out"] = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
-        record = Record(recipe, [it.steer.vector.to(torch.float64) for it in items], p.originals,
+        record = Record(recipe, [as_f64(it.steer.vector) for it in items], p.originals,
                         (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None)
         if prev is not None:
             record = merge(prev, record)

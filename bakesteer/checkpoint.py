@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import torch
-from safetensors.torch import save_file
+import numpy as np
+from safetensors.numpy import save_file
 
 from .errors import BakesteerError
+from .fold import DTYPES
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_NAMES = {v: k for k, v in FLOATS.items()}
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+NAMES = {v: k for k, v in DTYPES.items()}  # numpy dtype -> safetensors dtype name
 # weights in other formats would be stale copies of the unbaked model: never carried over
 _STALE_WEIGHTS = (".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack", ".ckpt", ".safetensors")
 OWN_FILES = ("bakesteer.json", "bakesteer")
@@ -43,13 +42,13 @@ class TensorInfo:
     end: int = 0
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype not in FLOATS:
+    def np_dtype(self) -> np.dtype:
+        if self.dtype not in DTYPES:
             raise BakesteerError(
                 f"a tensor bakesteer must fold is stored as {self.dtype}; only float32/float16/bfloat16/float64 "
                 "weights can be folded exactly, so dequantize the checkpoint first."
             )
-        return FLOATS[self.dtype]
+        return DTYPES[self.dtype]
 
 
 class TensorSource:
@@ -71,7 +70,7 @@ class TensorSource:
             "transformers?"
         )
 
-    def read(self, key: str) -> torch.Tensor:
+    def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -143,22 +142,15 @@ class Checkpoint(TensorSource):
     def sharded(self) -> bool:
         return (self.root / INDEX).is_file()
 
-    def read(self, key: str) -> torch.Tensor:
-        """One tensor, zero-copy from a memory map of its shard (read-only: never write to it)."""
+    def read(self, key: str) -> np.ndarray:
+        """One tensor, zero-copy and read-only from a memory map of its shard."""
         info = self.tensors[key]
-        dtype = info.torch_dtype
+        dtype = info.np_dtype
         if info.shard not in self._maps:
             with open(self.root / info.shard, "rb") as f:
                 self._maps[info.shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        count = (info.end - info.start) // _ITEMSIZE[info.dtype]
-        if count == 0:
-            return torch.zeros(info.shape, dtype=dtype)
-        import warnings
-
-        with warnings.catch_warnings():  # the map is read-only; torch warns that the tensor could write to it
-            warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(self._maps[info.shard], dtype=dtype, count=count, offset=info.start)
-        return flat.view(info.shape)
+        count = (info.end - info.start) // dtype.itemsize
+        return np.frombuffer(self._maps[info.shard], dtype=dtype, count=count, offset=info.start).reshape(info.shape)
 
 
 def copy_file(src: Path, dst: Path, progress=None) -> None:
@@ -200,8 +192,8 @@ def patch_file(path: Path, writes: list[tuple[int, bytes]]) -> None:
             f.write(data)
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+def tensor_bytes(t: np.ndarray) -> bytes:
+    return np.ascontiguousarray(t).tobytes()
 
 
 def shard_names(ckpt: Checkpoint, adds_shard: bool) -> dict[str, str | None]:
@@ -213,7 +205,7 @@ def shard_names(ckpt: Checkpoint, adds_shard: bool) -> dict[str, str | None]:
     return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": s for i, s in enumerate([*old, None])}
 
 
-def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, torch.Tensor], config: dict,
+def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarray], config: dict,
                      link: bool = False, progress=None) -> tuple[dict[str, str | None], list[str]]:
     """Write ``ckpt`` with ``updates`` (existing tensors replaced, new ones added) into the empty folder ``out``.
 
@@ -225,11 +217,11 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, torch.Te
     touched: dict[str, list[tuple[int, bytes]]] = {}
     for key, t in changed.items():
         info = ckpt.tensors[key]
-        assert (info.torch_dtype, info.shape) == (t.dtype, tuple(t.shape)), (key, info, t.dtype, t.shape)
+        assert (info.np_dtype, info.shape) == (t.dtype, t.shape), (key, info, t.dtype, t.shape)
         touched.setdefault(info.shard, []).append((info.start, tensor_bytes(t)))
     for new, old in names.items():
         if old is None:
-            save_file({k: t.contiguous() for k, t in sorted(added.items())}, str(out / new),
+            save_file({k: np.ascontiguousarray(t) for k, t in sorted(added.items())}, str(out / new),
                       metadata={"format": "pt"})
         elif old in touched or not link:
             copy_file(ckpt.root / old, out / new, progress)
@@ -243,7 +235,7 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, torch.Te
         index["weight_map"] = dict(sorted({**{k: to_new[s] for k, s in where.items()},
                                            **{k: to_new[None] for k in added}}.items()))
         total = sum(i.end - i.start for i in ckpt.tensors.values())
-        total += sum(t.numel() * t.element_size() for t in added.values())
+        total += sum(t.nbytes for t in added.values())
         index["metadata"] = {**index.get("metadata", {}), "total_size": total}
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -337,6 +329,9 @@ def convert_bin(src: Path, dst: Path, progress: bool = False) -> None:
     Each shard is memory-mapped with ``weights_only=True`` (no code in the pickle runs); tensors that
     share storage with an earlier one (tied weights) are written once, as ``save_pretrained`` does.
     """
+    import torch
+    from safetensors.torch import save_file as save_torch
+
     from .progress import bar
 
     if (src / BIN_INDEX).is_file():
@@ -363,7 +358,7 @@ def convert_bin(src: Path, dst: Path, progress: bool = False) -> None:
                 seen.add(key)
                 tensors[k] = t.contiguous()
         name = SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_file(tensors, str(dst / name), metadata={"format": "pt"})
+        save_torch(tensors, str(dst / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in tensors})
     if n > 1:
         (dst / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}))

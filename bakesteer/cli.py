@@ -83,6 +83,8 @@ def cmd_bake(a: argparse.Namespace) -> int:
     recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info, link=a.link)
     w = recipe["written"]
     print(f"baked {len(items)} vector(s) into {model_dir} -> {out}")
+    if recipe.get("bakes", 1) > 1:
+        print(f"  composed with earlier bakes: {len(recipe['steers'])} vectors over {recipe['source']['path']}")
     for s in recipe["steers"]:
         print(f"  {s['site']} of block {s['layer']}: coef {s['coef']:g} × |v| {s['norm']:.3g}  ({s['format']} layer {s['file_layer']})")
     print(f"  tensors changed: {len(recipe['tensors_changed'])}, zero biases added: {len(recipe['tensors_added'])}"

@@ -1,48 +1,54 @@
-"""Fold arithmetic: new bias values from a steering vector. Pure functions, no I/O.
+"""Fold arithmetic: new bias values from a steering vector. Pure functions, no I/O, numpy only.
 
-All sums are taken in float64 from the stored dtype and cast once to the checkpoint's dtype.
+W v is computed in float64 from the stored dtype, a chunk of rows at a time; a new bias is summed
+in float64 and cast once to the checkpoint's dtype (through float32 for 16-bit types, which is how
+torch rounds a float64 to float16/bfloat16).
 """
 from __future__ import annotations
 
-import torch
+import ml_dtypes
+import numpy as np
 
 from .arch import Layout
 
-
 ROWS_BYTES = 32 << 20  # float64 working set per chunk of weight rows
+DTYPES = {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+          "BF16": np.dtype(ml_dtypes.bfloat16)}
 
 
-def through_delta(weight: torch.Tensor, v: torch.Tensor, coef: float, layout: Layout) -> torch.Tensor:
-    """Bias change for ``v`` added to a linear layer's input: ``coef * W v``.
+def through_delta(weight: np.ndarray, v: np.ndarray, coef: float, layout: Layout) -> np.ndarray:
+    """Bias change for ``v`` added to a linear layer's input: ``coef * W v``, float64 of shape (out,).
 
-    nn.Linear stores W as (out, in) and computes x @ W.T + b; GPT-2's Conv1D stores (in, out)
-    and computes x @ W + b. Rows are upcast a chunk at a time, so memory stays near one chunk
-    whatever the weight's size. Returns float64 of shape (out,).
+    nn.Linear stores W as (out, in) and computes x @ W.T + b; GPT-2's Conv1D stores (in, out) and
+    computes x @ W + b. Rows are upcast a chunk at a time, so memory stays near one chunk.
     """
-    v = v.to(torch.float64)
+    v = np.asarray(v, dtype=np.float64)
     rows = max(1, ROWS_BYTES // (8 * weight.shape[1]))
     if layout == "linear":
         assert weight.shape[1] == v.shape[0], (weight.shape, v.shape)
-        parts = [weight[i:i + rows].to(torch.float64) @ v for i in range(0, weight.shape[0], rows)]
-        return coef * torch.cat(parts)  # (out, in) @ (in,) -> (out,)
+        parts = [weight[i:i + rows].astype(np.float64) @ v for i in range(0, weight.shape[0], rows)]
+        return coef * np.concatenate(parts)  # (out, in) @ (in,) -> (out,)
     assert weight.shape[0] == v.shape[0], (weight.shape, v.shape)
-    acc = torch.zeros(weight.shape[1], dtype=torch.float64)
+    acc = np.zeros(weight.shape[1], dtype=np.float64)
     for i in range(0, weight.shape[0], rows):
-        acc += v[i:i + rows] @ weight[i:i + rows].to(torch.float64)  # (rows,) @ (rows, out)
+        acc += v[i:i + rows] @ weight[i:i + rows].astype(np.float64)  # (rows,) @ (rows, out)
     return coef * acc  # (in,) @ (in, out) -> (out,)
 
 
-def direct_delta(v: torch.Tensor, coef: float, scale: float = 1.0) -> torch.Tensor:
+def direct_delta(v: np.ndarray, coef: float, scale: float = 1.0) -> np.ndarray:
     """Bias change for ``v`` added to a linear layer's output: ``coef * v / scale``.
 
     ``scale`` is what the model multiplies that output by before the residual add (Granite's
     residual_multiplier); dividing by it makes the residual stream move by exactly ``coef * v``.
     """
-    return coef * v.to(torch.float64) / scale
+    return coef * np.asarray(v, dtype=np.float64) / scale
 
 
-def apply_delta(bias: torch.Tensor | None, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def apply_delta(bias: np.ndarray | None, delta: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """New bias = old bias (zeros when the slot is new) + summed delta, cast once to ``dtype``."""
-    base = torch.zeros_like(delta) if bias is None else bias.to(torch.float64)
+    base = np.zeros_like(delta) if bias is None else bias.astype(np.float64)
     assert base.shape == delta.shape, (base.shape, delta.shape)
-    return (base + delta).to(dtype)
+    total = base + delta
+    if np.dtype(dtype).itemsize == 2:
+        total = total.astype(np.float32)
+    return total.astype(dtype)

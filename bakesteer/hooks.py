@@ -6,22 +6,14 @@ in the table, exact or not, because it only needs the module that carries the si
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
 
 from .arch import arch_for, check_site
+from .steer import Steer, as_f64
 
-
-@dataclass(frozen=True)
-class Steer:
-    """One addition: ``coef * vector`` at ``site`` of decoder block ``layer`` (0-based)."""
-
-    site: str
-    layer: int
-    vector: torch.Tensor  # (hidden,)
-    coef: float
+__all__ = ["Steer", "site_module", "steering"]
 
 
 def site_module(model: torch.nn.Module, site: str, layer: int) -> torch.nn.Module:
@@ -50,7 +42,7 @@ def steering(model: torch.nn.Module, steers: Iterable[Steer]) -> Iterator[torch.
         for s in steers:
             module = site_module(model, s.site, s.layer)
             param = next(model.parameters())
-            delta = (s.coef * s.vector.to(torch.float64)).to(device=param.device)
+            delta = (s.coef * torch.from_numpy(as_f64(s.vector))).to(device=param.device)
             handles.append(module.register_forward_hook(_adder(delta)))
         yield model
     finally:

@@ -3,11 +3,27 @@ this path exists for callers that hold a model object, and must give the same te
 """
 from __future__ import annotations
 
+import ml_dtypes
+import numpy as np
 import torch
 
 from .bake import Item, plan
-from .checkpoint import _NAMES, TensorInfo, TensorSource
+from .checkpoint import NAMES, TensorInfo, TensorSource
 from .errors import BakesteerError
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy, bfloat16 included (bit for bit)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
 
 
 class ModelTensors(TensorSource):
@@ -19,12 +35,13 @@ class ModelTensors(TensorSource):
         self.model = model
         self.config = model.config.to_dict()
         self.state = model.state_dict()
-        self.tensors = {
-            k: TensorInfo("", _NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape)) for k, t in self.state.items()
-        }
+        self.tensors = {}
+        for k, t in self.state.items():
+            name = NAMES.get(to_numpy(t[:0]).dtype, str(t.dtype)) if t.dtype.is_floating_point else str(t.dtype)
+            self.tensors[k] = TensorInfo("", name, tuple(t.shape))
 
-    def read(self, key: str) -> torch.Tensor:
-        return self.state[key].detach()
+    def read(self, key: str) -> np.ndarray:
+        return to_numpy(self.state[key])
 
 
 def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
@@ -38,12 +55,14 @@ def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
         new = AutoModelForCausalLM.from_config(AutoConfig.for_model(p.config["model_type"], **cfg),
                                                dtype=next(model.parameters()).dtype)
         state = {k: v for k, v in source.state.items() if k in new.state_dict()}
-        missing = new.load_state_dict({**state, **p.updates}, strict=False).missing_keys
+        missing = new.load_state_dict({**state, **{k: to_torch(v) for k, v in p.updates.items()}},
+                                      strict=False).missing_keys
         if missing:
             raise BakesteerError(f"relabelling left {missing[0]} unset; bake to disk instead.")
         return new.eval()
     with torch.no_grad():
-        for key, value in p.updates.items():
+        for key, array in p.updates.items():
+            value = to_torch(array)
             module = model.get_submodule(key.rsplit(".", 1)[0])
             if module.bias is None:
                 module.bias = torch.nn.Parameter(value.clone(), requires_grad=False)

@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from .checkpoint import INDEX, Checkpoint, Staging, copy_file, copy_other_files, link_file, patch_file, tensor_bytes
 from .errors import BakesteerError
-from .hooks import Steer
 from .progress import bar
+from .steer import Steer
 
 RECIPE = "bakesteer.json"
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
@@ -26,8 +26,8 @@ SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
 @dataclass
 class Record:
     recipe: dict
-    vectors: list[torch.Tensor]  # one per recipe["steers"] entry, float64
-    originals: dict[str, torch.Tensor]  # changed bias -> value in the original source
+    vectors: list[np.ndarray]  # one per recipe["steers"] entry, float64
+    originals: dict[str, np.ndarray]  # changed bias -> value in the original source
     config: bytes  # the original config.json
     index: bytes | None = None  # the original index, if the source was sharded
     extra: dict = field(default_factory=dict)
@@ -41,9 +41,9 @@ class Record:
         (out / SIDE).mkdir()
         for i, s in enumerate(self.recipe["steers"]):
             s["vector"] = f"steer.{i}"
-        save_file({f"steer.{i}": v.to(torch.float64).clone() for i, v in enumerate(self.vectors)},
+        save_file({f"steer.{i}": np.array(v, dtype=np.float64) for i, v in enumerate(self.vectors)},
                   str(out / SIDE / "vectors.safetensors"))
-        save_file({k: v.clone().contiguous() for k, v in self.originals.items()},
+        save_file({k: np.ascontiguousarray(v) for k, v in self.originals.items()},
                   str(out / SIDE / "original_biases.safetensors"))
         (out / SIDE / "original_config.json").write_bytes(self.config)
         if self.index is not None:

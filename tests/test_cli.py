@@ -198,3 +198,12 @@ def test_hub_id_is_resolved_from_the_local_cache_only(tmp_path, monkeypatch, cap
     capsys.readouterr()
     assert main(["bake", "--model", "someone/not-cached", "--vector", v, "--layer", "1", "-q"]) == 2
     assert "neither a folder nor a Hub id in the local cache" in capsys.readouterr().err
+
+
+def test_quantized_checkpoint_is_refused(tmp_path, llama_dir, capsys):
+    cfg = json.loads((llama_dir / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (llama_dir / "config.json").write_text(json.dumps(cfg))
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+             "is a gptq checkpoint; bake the unquantized model", tmp_path / "o", tmp_path)
