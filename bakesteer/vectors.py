@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .arch import SITES, check_site
 from .errors import BakesteerError
+from .steer import as_f64
 
 BUNDLED = Path(__file__).parent / "data"
 FORMAT_VERSION = 1
@@ -28,7 +28,7 @@ CONVENTION = "key N = the site of decoder block N (0-based); resid = residual st
 class VectorFile:
     path: Path
     format: str  # "bakesteer" | "ibm-svec" | "raw"
-    vectors: dict[int | None, torch.Tensor]  # file's own layer key -> (hidden,); None = any layer
+    vectors: dict[int | None, np.ndarray]  # file's own layer key -> (hidden,) float64; None = any layer
     site: str | None  # None: the caller chooses (raw tensors)
     shift: int = 0  # decoder block = key + shift
     model_type: str | None = None
@@ -51,18 +51,18 @@ def resolve_path(path: str | Path) -> Path:
     return p
 
 
-def _vector(values, where: str) -> torch.Tensor:
+def _vector(values, where: str) -> np.ndarray:
     try:
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        t = as_f64(values)
     except (TypeError, ValueError) as e:
         raise BakesteerError(f"{where} is not a list of numbers ({e}); regenerate the vector file.")
     if t.ndim == 2 and t.shape[0] == 1:  # AISteer360's [K, hidden] with K = 1
         t = t[0]
-    if t.ndim != 1 or t.numel() == 0:
+    if t.ndim != 1 or t.size == 0:
         raise BakesteerError(
             f"{where} has shape {tuple(t.shape)}; bakesteer bakes one direction per layer, so give a [hidden] vector."
         )
-    if not torch.isfinite(t).all():
+    if not np.isfinite(t).all():
         raise BakesteerError(f"{where} contains NaN or infinite values; regenerate the vector.")
     return t
 
@@ -101,12 +101,14 @@ def _load_raw(path: Path) -> VectorFile:
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.numpy import load_file
 
             obj = load_file(str(path))
         elif suffix == ".npy":
-            obj = torch.from_numpy(np.load(path, allow_pickle=False))
+            obj = np.load(path, allow_pickle=False)
         elif suffix in (".pt", ".pth"):
+            import torch
+
             obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
         else:
             raise BakesteerError(
@@ -118,12 +120,13 @@ def _load_raw(path: Path) -> VectorFile:
         raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); check the file.")
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
+    is_array = isinstance(obj, np.ndarray) or hasattr(obj, "detach")  # numpy, or a torch tensor from .pt
     if isinstance(obj, dict):
-        vecs = {_layer_key(k, str(path)): _vector(v.double(), f"{path} key {k}") for k, v in obj.items()}
-    elif isinstance(obj, torch.Tensor) and obj.ndim == 2 and obj.shape[0] > 1:
-        vecs = {i: _vector(row.double(), f"{path} row {i}") for i, row in enumerate(obj)}
-    elif isinstance(obj, torch.Tensor):
-        vecs = {None: _vector(obj.double(), str(path))}
+        vecs = {_layer_key(k, str(path)): _vector(v, f"{path} key {k}") for k, v in obj.items()}
+    elif is_array and obj.ndim == 2 and obj.shape[0] > 1:
+        vecs = {i: _vector(row, f"{path} row {i}") for i, row in enumerate(obj)}
+    elif is_array:
+        vecs = {None: _vector(obj, str(path))}
     else:
         raise BakesteerError(f"{path} holds a {type(obj).__name__}, not a tensor or a dict of tensors.")
     return VectorFile(path, "raw", vecs, None, meta={"rows": len(vecs)} if None not in vecs else {})
@@ -141,7 +144,7 @@ def load_vector_file(path: str | Path) -> VectorFile:
     return vf
 
 
-def pick(vf: VectorFile, layers: list[int], site: str | None) -> list[tuple[str, int, torch.Tensor]]:
+def pick(vf: VectorFile, layers: list[int], site: str | None) -> list[tuple[str, int, np.ndarray]]:
     """(site, decoder block, vector) for each requested file layer, in the file's convention."""
     if vf.site is not None and site is not None and site != vf.site:
         raise BakesteerError(
@@ -167,7 +170,7 @@ def pick(vf: VectorFile, layers: list[int], site: str | None) -> list[tuple[str,
 
 def save_bakesteer_vector(
     path: str | Path,
-    vectors: dict[int, torch.Tensor],
+    vectors: dict[int, np.ndarray],
     site: str,
     model: dict,
     coef: float | None = None,
@@ -176,17 +179,17 @@ def save_bakesteer_vector(
 ) -> None:
     """Write bakesteer's own vector file: JSON that IBM's `.svec` loader also reads when site is resid."""
     assert site in SITES, site
-    to_list = lambda t: [float(x) for x in t.to(torch.float32).tolist()]  # noqa: E731
+    to_list = lambda t: [float(x) for x in as_f64(t).astype(np.float32)]  # noqa: E731
     doc: dict = {
         "bakesteer": {
             "version": FORMAT_VERSION,
             "site": site,
             "layer_convention": CONVENTION,
             "model": model,
-            "hidden_size": int(next(iter(vectors.values())).shape[0]),
+            "hidden_size": int(as_f64(next(iter(vectors.values()))).shape[0]),
             "method": method,
             "coef": coef,
-            "norms": {str(k): float(v.norm()) for k, v in sorted(vectors.items())},
+            "norms": {str(k): float(np.linalg.norm(as_f64(v))) for k, v in sorted(vectors.items())},
             **(extra or {}),
             "vectors": {str(k): to_list(v) for k, v in sorted(vectors.items())},
         },

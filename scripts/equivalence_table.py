@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -64,7 +65,7 @@ def main() -> None:
         real = [torch.tensor(tok(p)["input_ids"]) for p in ["I hate you because", "The weather today is",
                                                               "My favourite food is", "Tell me about your day."]]
         for site, steers in [("resid", [Steer("resid", 5, love[5], 1.0)]),
-                             ("attn_in", [Steer("attn_in", 5, love[5] / love[5].norm(), 8.0)]),
+                             ("attn_in", [Steer("attn_in", 5, love[5] / np.linalg.norm(love[5]), 8.0)]),
                              ("resid ×3", [Steer("resid", L, love[L], 0.4) for L in (4, 5, 6)])]:
             r = _measure(path, source, steers, real, work, f"smollm2-{site.split()[0]}-{len(steers)}")
             print(f"| SmolLM2-135M (real) | {site} | {r.max_abs_diff:.1e} | | {r.own_error:.1e} | "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -31,7 +32,7 @@ def _steer(site: str) -> Steer:
     if site == "resid":
         return Steer("resid", 5, love, 1.0)
     # the norm output that feeds q/k/v has its own scale: a unit direction times a coefficient
-    return Steer(site, 5, love / love.norm(), 8.0)
+    return Steer(site, 5, love / np.linalg.norm(love), 8.0)
 
 
 @pytest.mark.parametrize("site", ["resid", "attn_in"])
