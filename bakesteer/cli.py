@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_bake(a: argparse.Namespace) -> int:
     from .bake import Item, bake, default_output
-    from .hooks import Steer
+    from .steer import Steer
     from .models import resolve_model
     from .vectors import load_vector_file, pick
 
