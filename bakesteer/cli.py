@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_eval import register as register_eval_commands
 from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
 
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
     register_vector_commands(sub)  # extract, convert, inspect
+    register_eval_commands(sub)  # compare, eval
     return p
 
 

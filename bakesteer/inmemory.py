@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from .bake import Item, plan
-from .checkpoint import NAMES, TensorInfo, TensorSource
+from .checkpoint import TensorInfo, TensorSource
 from .errors import BakesteerError
+
+_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -32,13 +34,10 @@ class ModelTensors(TensorSource):
     where = "the model"
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model
         self.config = model.config.to_dict()
         self.state = model.state_dict()
-        self.tensors = {}
-        for k, t in self.state.items():
-            name = NAMES.get(to_numpy(t[:0]).dtype, str(t.dtype)) if t.dtype.is_floating_point else str(t.dtype)
-            self.tensors[k] = TensorInfo("", name, tuple(t.shape))
+        self.tensors = {k: TensorInfo("", _NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape))
+                        for k, t in self.state.items()}
 
     def read(self, key: str) -> np.ndarray:
         return to_numpy(self.state[key])

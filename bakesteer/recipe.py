@@ -8,7 +8,7 @@ to the original source, bit for bit.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,6 @@ class Record:
     originals: dict[str, np.ndarray]  # changed bias -> value in the original source
     config: bytes  # the original config.json
     index: bytes | None = None  # the original index, if the source was sharded
-    extra: dict = field(default_factory=dict)
 
     @property
     def steers(self) -> list[Steer]:
