@@ -58,6 +58,11 @@ def _vector(values, where: str) -> np.ndarray:
         raise BakesteerError(f"{where} is not a list of numbers ({e}); regenerate the vector file.")
     if t.ndim == 2 and t.shape[0] == 1:  # AISteer360's [K, hidden] with K = 1
         t = t[0]
+    if t.ndim == 2 and t.shape[0] > 1:  # AISteer360 adds row k at position k (ActAdd): not a constant
+        raise BakesteerError(
+            f"{where} holds {t.shape[0]} per-position directions, which a bias added at every position cannot "
+            "reproduce; bake one row (e.g. the mean of the rows) as a [hidden] vector."
+        )
     if t.ndim != 1 or t.size == 0:
         raise BakesteerError(
             f"{where} has shape {tuple(t.shape)}; bakesteer bakes one direction per layer, so give a [hidden] vector."

@@ -133,3 +133,9 @@ def test_site_conflict_and_missing_layer(tmp_path):
         pick(vf, [3], "attn_in")
     with pytest.raises(BakesteerError, match="no vector for layer 1; it has layers 3"):
         pick(vf, [1], None)
+
+
+def test_per_position_directions_are_refused_with_the_reason(tmp_path):
+    vf_path = _ibm_svec(tmp_path / "v.svec", {3: [[0.1] * HIDDEN, [0.2] * HIDDEN]})  # AISteer360 [K=2, hidden]
+    with pytest.raises(BakesteerError, match="2 per-position directions"):
+        load_vector_file(vf_path)
