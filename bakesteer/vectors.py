@@ -94,7 +94,9 @@ def _load_json(path: Path, raw: bytes) -> VectorFile:
         fmt, shift, coef = "bakesteer", 0, ours.get("coef")
     elif isinstance(doc.get("directions"), dict):
         vecs = {_layer_key(k, str(path)): _vector(v, f"{path} layer {k}") for k, v in doc["directions"].items()}
-        fmt, site, shift, coef, ours = "ibm-svec", "resid", -1, None, {}
+        fmt, site, shift, coef = "ibm-svec", "resid", -1, None
+        ev = doc.get("explained_variances")
+        ours = {"explained_variances": ev} if isinstance(ev, dict) else {}
     else:
         raise BakesteerError(f"{path} holds neither 'directions' (IBM .svec) nor a 'bakesteer' block.")
     if not vecs:
@@ -123,6 +125,10 @@ def _load_raw(path: Path) -> VectorFile:
         raise
     except Exception as e:  # each reader raises its own types for corrupt input
         raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); check the file.")
+    from .formats import from_sv, is_sv_dump
+
+    if is_sv_dump(obj):  # steering-vectors: {"layer_activations": ..., "layer_type": ...} or layer_activations.N
+        return from_sv(path, obj, _safetensors_metadata(path) if suffix == ".safetensors" else None)
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
     is_array = isinstance(obj, np.ndarray) or hasattr(obj, "detach")  # numpy, or a torch tensor from .pt
@@ -137,6 +143,13 @@ def _load_raw(path: Path) -> VectorFile:
     return VectorFile(path, "raw", vecs, None, meta={"rows": len(vecs)} if None not in vecs else {})
 
 
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        return f.metadata() or {}
+
+
 def load_vector_file(path: str | Path) -> VectorFile:
     """Read any supported vector file; every failure is a BakesteerError."""
     p = resolve_path(path)
@@ -144,7 +157,12 @@ def load_vector_file(path: str | Path) -> VectorFile:
         raw = p.read_bytes()
     except OSError as e:
         raise BakesteerError(f"cannot read vector file {p} ({e.strerror}); check its permissions.")
-    vf = _load_json(p, raw) if p.suffix.lower() in (".svec", ".json") else _load_raw(p)
+    if p.suffix.lower() == ".gguf":  # llama.cpp / repeng control vector
+        from .formats import read_gguf
+
+        vf = read_gguf(p)
+    else:
+        vf = _load_json(p, raw) if p.suffix.lower() in (".svec", ".json") else _load_raw(p)
     vf.sha256 = hashlib.sha256(raw).hexdigest()
     return vf
 
@@ -181,8 +199,12 @@ def save_bakesteer_vector(
     coef: float | None = None,
     method: str | None = None,
     extra: dict | None = None,
+    explained: dict[int, float] | None = None,
 ) -> None:
-    """Write bakesteer's own vector file: JSON that IBM's `.svec` loader also reads when site is resid."""
+    """Write bakesteer's own vector file: JSON that IBM's `.svec` loader also reads when site is resid.
+
+    ``explained``: explained variance per block, where the method gives one (IBM's loader needs the key).
+    """
     assert site in SITES, site
     to_list = lambda t: [float(x) for x in as_f64(t).astype(np.float32)]  # noqa: E731
     doc: dict = {
@@ -196,12 +218,14 @@ def save_bakesteer_vector(
             "coef": coef,
             "norms": {str(k): float(np.linalg.norm(as_f64(v))) for k, v in sorted(vectors.items())},
             **(extra or {}),
+            **({"explained_variances": {str(k): float(v) for k, v in sorted(explained.items())}} if explained else {}),
             "vectors": {str(k): to_list(v) for k, v in sorted(vectors.items())},
         },
         "model_type": model.get("model_type"),
     }
     if site == "resid":  # IBM adds key N to the input of block N = residual after block N-1
         doc["directions"] = {str(k + 1): to_list(v) for k, v in sorted(vectors.items())}
+        doc["explained_variances"] = {str(k + 1): (explained or {}).get(k) for k in sorted(vectors)}
     for k, v in doc["bakesteer"]["norms"].items():
         assert math.isfinite(v), f"layer {k} vector is not finite"
     Path(path).write_text(json.dumps(doc) + "\n")
