@@ -1,0 +1,319 @@
+"""Steering vectors from contrast pairs: one site captured at many blocks in one forward pass per batch.
+
+A text is rendered (template, optional chat template, shared suffix), tokenized once, and run in
+length-sorted batches padded on the right whatever the tokenizer's padding side: with causal attention
+no real token sees a pad, so every activation equals that of the text run alone (left padding would
+leave fully masked pad rows, which some kernels fill with NaN that then reaches real tokens). Forward hooks on ``site_module(model, site, L)``
+reduce each block's output to one vector per text (last token, mean over tokens, or mean over the
+suffix); the pass stops after the deepest requested block. Directions (float64, numpy):
+
+    mean_diff   mean over pairs of (positive - negative)                      Turner / CAA scale
+    pca_diff    first principal component of the differences (centred)        repeng's default
+    pca_center  first principal component of each pair centred on its middle  repeng's pca_center
+
+PCA directions are unit length, signed so that the positive side projects higher in most pairs.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arch import arch_for, check_site
+from .errors import BakesteerError
+from .hooks import site_module
+from .progress import bar
+
+AGGREGATIONS = ("last", "mean", "suffix")
+METHODS = ("mean_diff", "pca_diff", "pca_center")
+PLACEHOLDER = "{text}"
+
+
+@dataclass(frozen=True)
+class Pair:
+    positive: str
+    negative: str
+
+
+def _pair(obj, where: str) -> Pair:
+    if not isinstance(obj, dict) or not {"positive", "negative"} <= set(obj):
+        raise BakesteerError(f"{where} is not an object with 'positive' and 'negative'; write one pair per line.")
+    pos, neg = obj["positive"], obj["negative"]
+    if not isinstance(pos, str) or not isinstance(neg, str):
+        raise BakesteerError(f"{where}: 'positive' and 'negative' must be strings.")
+    if not pos.strip() or not neg.strip():
+        side = "positive" if not pos.strip() else "negative"
+        raise BakesteerError(f"{where} has an empty {side} side; give text on both sides of every pair.")
+    return Pair(pos, neg)
+
+
+def parse_pairs(text: str, name: str, csv_format: bool = False) -> list[Pair]:
+    """Pairs from JSONL (or one JSON array) or CSV with columns positive,negative."""
+    if csv_format:
+        rows = csv.DictReader(io.StringIO(text))
+        pairs = [_pair(row, f"{name} line {rows.line_num}") for row in rows]
+    elif text.lstrip().startswith("["):
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise BakesteerError(f"{name} is not valid JSON ({e}); write a JSON array or one JSON object per line.")
+        pairs = [_pair(obj, f"{name} item {i}") for i, obj in enumerate(doc)]
+    else:
+        pairs = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise BakesteerError(f"{name} line {n} is not valid JSON ({e.args[0].split(':')[0]}); fix that line.")
+            pairs.append(_pair(obj, f"{name} line {n}"))
+    if not pairs:
+        raise BakesteerError(f"{name} holds no pairs; give at least one {{\"positive\": ..., \"negative\": ...}} pair.")
+    return pairs
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BakesteerError(f"cannot read pair file {p} ({e.strerror}); check the path given to --pairs.")
+    except UnicodeDecodeError:
+        raise BakesteerError(f"{p} is not UTF-8 text; give a JSONL or CSV file of pairs.")
+    return parse_pairs(text, str(p), csv_format=p.suffix.lower() == ".csv")
+
+
+def cli_pairs(pos: list[str], neg: list[str]) -> list[Pair]:
+    """Pairs given as --pos/--neg on the command line, in order."""
+    if len(pos) != len(neg):
+        raise BakesteerError(f"give as many --neg as --pos ({len(pos)} --pos, {len(neg)} --neg).")
+    return [_pair({"positive": p, "negative": n}, f"--pos/--neg pair {i + 1}") for i, (p, n) in enumerate(zip(pos, neg))]
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """How each side becomes a model input: ``template`` around it, an optional chat turn, a shared suffix."""
+
+    template: str = PLACEHOLDER  # each side replaces {text}
+    suffix: str = ""  # appended after (after the assistant header in chat mode)
+    chat: bool = False  # render the templated side as a user turn with the tokenizer's chat template
+
+    def check(self) -> None:
+        if PLACEHOLDER not in self.template:
+            raise BakesteerError(f"--template must contain {PLACEHOLDER} where each side of a pair goes.")
+
+    def render(self, tok, text: str) -> tuple[str, int]:
+        """(model input text, character index where the suffix starts)."""
+        self.check()
+        body = self.template.replace(PLACEHOLDER, text)
+        if self.chat:
+            if not getattr(tok, "chat_template", None):
+                raise BakesteerError("this tokenizer has no chat template; drop --chat or use an instruct model.")
+            body = tok.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                           add_generation_prompt=True)
+        return body + self.suffix, len(body)
+
+    def describe(self) -> dict:
+        return {"template": self.template, "suffix": self.suffix, "chat": self.chat}
+
+
+@dataclass
+class Extracted:
+    vectors: dict[int, np.ndarray]  # decoder block -> (hidden,) float64
+    explained: dict[int, float]  # block -> share of variance the direction explains
+    site: str
+    method: str
+    aggregation: str
+    n_pairs: int
+    prompting: dict = field(default_factory=dict)
+
+
+class _Done(Exception):
+    """Raised by the deepest hook: nothing after it is needed."""
+
+
+def _tokenize(tok, texts: list[str], starts: list[int], add_special: bool) -> tuple[list[list[int]], list[list[bool]]]:
+    """Token ids per text and, per token, whether it lies in the suffix (starts at char ``starts[i]``)."""
+    try:
+        enc = tok(texts, add_special_tokens=add_special, return_offsets_mapping=True)
+        in_suffix = [[end > s for _, end in offs] for offs, s in zip(enc["offset_mapping"], starts)]
+    except (NotImplementedError, ValueError, TypeError):  # slow tokenizers: count the suffix's own tokens
+        enc = tok(texts, add_special_tokens=add_special)
+        in_suffix = []
+        for ids, text, s in zip(enc["input_ids"], texts, starts):
+            n = len(tok(text[s:], add_special_tokens=False)["input_ids"]) if s < len(text) else 0
+            in_suffix.append([i >= len(ids) - n for i in range(len(ids))])
+    return [list(ids) for ids in enc["input_ids"]], in_suffix
+
+
+def _batch(tok, ids: list[list[int]], sel: list[list[bool]], aggregation: str):
+    """Padded (input_ids, attention_mask, position_ids, weights) on the CPU; weights (B, T) sum to 1 per row."""
+    B, T = len(ids), max(len(x) for x in ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    input_ids = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    weights = torch.zeros((B, T), dtype=torch.float64)
+    for b, (x, s) in enumerate(zip(ids, sel)):  # right padding: causal attention keeps real tokens exact
+        input_ids[b, :len(x)] = torch.tensor(x)
+        mask[b, :len(x)] = 1
+        if aggregation == "last":
+            w = [0.0] * (len(x) - 1) + [1.0]
+        elif aggregation == "mean":
+            w = [1.0 / len(x)] * len(x)
+        else:
+            n = sum(s)
+            w = [1.0 / n if k else 0.0 for k in s]
+        weights[b, :len(x)] = torch.tensor(w)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens at 0..n-1
+    return input_ids, mask, positions, weights
+
+
+@torch.inference_mode()
+def capture(model, tok, texts: list[str], starts: list[int], site: str, layers: list[int], aggregation: str = "last",
+            batch_size: int = 32, add_special_tokens: bool = True, progress: bool = False) -> dict[int, np.ndarray]:
+    """Block -> (len(texts), hidden) float64: ``site`` of each block, reduced over each text's tokens."""
+    check_site(site)
+    if aggregation not in AGGREGATIONS:
+        raise BakesteerError(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}.")
+    ids, sel = _tokenize(tok, texts, starts, add_special_tokens)
+    for i, (x, s) in enumerate(zip(ids, sel)):
+        if not x:
+            raise BakesteerError(f"text {i} tokenizes to nothing; give non-empty text on both sides of every pair.")
+        if aggregation == "suffix" and not any(s):
+            raise BakesteerError("--aggregate suffix averages over the shared suffix; give one with --suffix.")
+    device = model.get_input_embeddings().weight.device  # with device_map="auto": where the inputs go
+    deepest = max(layers)
+    out: dict[int, list] = {L: [] for L in layers}
+    current: dict[str, torch.Tensor] = {}
+
+    def hook_for(layer: int):
+        def hook(module, inputs, output):
+            h = output[0] if isinstance(output, tuple) else output  # (B, T, H)
+            acc = torch.float32 if h.device.type == "mps" else torch.float64  # exact for "last", any dtype
+            w = current["weights"].to(h.device, acc)
+            keep = (w > 0).unsqueeze(-1)  # padded rows may hold NaN in some attention kernels
+            red = torch.einsum("bt,bth->bh", w, torch.where(keep, h.to(acc), 0.0))
+            out[layer].append(red.to("cpu", torch.float64))
+            if layer == deepest:
+                raise _Done
+
+        return hook
+
+    order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
+    handles = [site_module(model, site, L).register_forward_hook(hook_for(L)) for L in layers]
+    try:
+        with bar(total=len(texts), desc="extract", unit="text", disable=not progress) as pb:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                input_ids, mask, positions, weights = _batch(tok, [ids[i] for i in idx], [sel[i] for i in idx],
+                                                             aggregation)
+                current["weights"] = weights
+                try:
+                    model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                          position_ids=positions.to(device), use_cache=False)
+                except _Done:
+                    pass
+                pb.update(len(idx))
+    finally:
+        for h in handles:
+            h.remove()
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return {L: torch.cat(out[L])[inverse].numpy() for L in layers}
+
+
+def direction(pos: np.ndarray, neg: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """One layer's direction from (n, hidden) positive and negative activations, and its explained variance."""
+    diffs = pos - neg  # (n, hidden)
+    if method == "mean_diff":
+        v = diffs.mean(0)
+        energy = float((diffs ** 2).sum())
+        return v, float(((diffs @ v) ** 2).sum() / (v @ v) / energy) if energy > 0 and v @ v > 0 else 0.0
+    if method == "pca_diff":
+        if len(diffs) < 2:
+            raise BakesteerError("pca_diff needs at least 2 pairs (it centres the differences); use --method mean_diff.")
+        train = diffs - diffs.mean(0)
+    elif method == "pca_center":
+        train = np.concatenate([diffs / 2, -diffs / 2])  # each pair centred on its middle (mean zero already)
+    else:
+        raise BakesteerError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    _, s, vt = np.linalg.svd(train, full_matrices=False)
+    total = float((s ** 2).sum())
+    if total == 0:
+        raise BakesteerError("the positive and negative sides give identical activations; use pairs that differ.")
+    v = vt[0]
+    proj = diffs @ v  # positive minus negative projection, per pair
+    higher, lower = (proj > 0).mean(), (proj < 0).mean()
+    if lower > higher or (lower == higher and proj.sum() < 0):
+        v = -v
+    return v, float(s[0] ** 2 / total)
+
+
+def extract(model, tok, pairs: list[Pair], site: str = "resid", layers: list[int] | None = None,
+            aggregation: str = "last", method: str = "mean_diff", prompting: Prompting = Prompting(),
+            batch_size: int = 32, progress: bool = False) -> Extracted:
+    """Directions for ``site`` at each block of ``layers`` (default: all) from contrast ``pairs``."""
+    check_site(site)
+    if method not in METHODS:
+        raise BakesteerError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+    if not pairs:
+        raise BakesteerError("no pairs given; give --pairs FILE or --pos/--neg.")
+    cfg = model.config.to_dict()
+    _, n_layers = arch_for(cfg).hidden_and_layers(arch_for(cfg).config(cfg))
+    layers = sorted(set(range(n_layers) if layers is None else layers))
+    bad = [L for L in layers if not 0 <= L < n_layers]
+    if bad:
+        raise BakesteerError(f"layer {bad[0]} is out of range; this model has blocks 0 to {n_layers - 1}.")
+    if batch_size < 1:
+        raise BakesteerError("--batch-size must be at least 1.")
+    rendered = [prompting.render(tok, t) for p in pairs for t in (p.positive, p.negative)]  # pos, neg, pos, ...
+    acts = capture(model, tok, [r[0] for r in rendered], [r[1] for r in rendered], site, layers, aggregation,
+                   batch_size, add_special_tokens=not prompting.chat, progress=progress)
+    vectors, explained = {}, {}
+    for L in layers:
+        vectors[L], explained[L] = direction(acts[L][0::2], acts[L][1::2], method)
+    return Extracted(vectors, explained, site, method, aggregation, len(pairs), prompting.describe())
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(ref: str | None, device: str = "cpu", dtype: str = "float32", quiet: bool = False):
+    """(model, tokenizer, identity) for extraction; ``device`` 'auto' spreads the model with device_map."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .models import resolve_model
+
+    if dtype not in DTYPES:
+        raise BakesteerError(f"unknown --dtype {dtype}; choose one of: {', '.join(DTYPES)}.")
+    path, name, source = resolve_model(ref)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        raise BakesteerError(f"{path} has no readable config.json; pass a Hugging Face model folder with --model.")
+    arch = arch_for(cfg)
+    hidden, n_layers = arch.hidden_and_layers(arch.config(cfg))
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # missing or broken tokenizer files
+        raise BakesteerError(f"{path} has no usable tokenizer ({type(e).__name__}); extraction needs one.")
+    if device != "auto" and device != "cpu" and not torch.cuda.is_available() and device.startswith("cuda"):
+        raise BakesteerError(f"--device {device} asks for a GPU but none is available; use --device cpu.")
+    if quiet:
+        hf_logging.disable_progress_bar()
+    kwargs = {"device_map": "auto"} if device == "auto" else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs).eval()
+    if device != "auto":
+        model.to(device)
+    identity = {"model_type": cfg.get("model_type"), "name": name, "hidden_size": hidden,
+                "num_hidden_layers": n_layers, "architectures": cfg.get("architectures"), **source}
+    if ref is not None and Path(ref).is_dir():
+        identity["path"] = str(Path(ref).resolve())
+    return model, tok, identity
