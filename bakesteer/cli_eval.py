@@ -81,7 +81,7 @@ def _load(a: argparse.Namespace, many: bool):
         site = picked[0][0]
         vecs = {block: v for _, block, v in picked}
         coefs = coefs or [vf.coef if vf.coef is not None else 1.0]
-        if not many and len(coefs) * len(vecs) != 1 and len(coefs) != 1:
+        if not many and len(coefs) != 1:
             raise BakesteerError("compare takes one coefficient; give --coef with a single number.")
     elif a.coefs or a.layers:
         raise BakesteerError("--layer(s) and --coef(s) need --vector; a baked folder carries its own.")

@@ -79,7 +79,9 @@ def plot_sweep(result: dict, out: Path, chosen: list[int] | None = None, title: 
         ax.set_yticks(range(len(layers)), [str(l) for l in layers])
         ax.set(xlabel="coefficient", ylabel="layer", title=name)
         for (r, c), v in np.ndenumerate(g):
-            ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=6)
+            x = im.norm(v)
+            dark = abs(x - 0.5) > 0.3 if diverging else x < 0.6
+            ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
         fig.colorbar(im, ax=ax, shrink=0.8)
     paths.append(_save(fig, out / "heatmap.png"))
     return paths
