@@ -12,12 +12,13 @@ import numpy as np
 
 from . import __version__
 from .arch import Arch, arch_for, fold_target
-from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, convert_bin, is_bin_checkpoint, write_checkpoint
+from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, write_checkpoint
 from .errors import BakesteerError
 from .fold import apply_delta, direct_delta, through_delta
 from .progress import bar
-from .steer import Steer, as_f64
+from .pytorch_bin import convert_bin, is_bin_checkpoint
 from .recipe import Record, has_record, load_record, merge
+from .steer import Steer, as_f64
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ mean difference). Run: python scripts/make_love_vector.py [--check]
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
