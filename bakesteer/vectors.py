@@ -124,6 +124,11 @@ def _load_raw(path: Path) -> VectorFile:
     except BakesteerError:
         raise
     except Exception as e:  # each reader raises its own types for corrupt input
+        if type(e).__name__ == "UnpicklingError":  # weights_only refused a pickled object
+            raise BakesteerError(
+                f"{path} could not be read: it holds pickled Python objects, which bakesteer never unpickles; save "
+                "plain tensors (a steering-vectors SteeringVector: torch.save(dataclasses.asdict(sv), path))."
+            )
         raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); check the file.")
     from .formats import from_sv, is_sv_dump
 

@@ -1,6 +1,7 @@
 """Peer vector files: round trips that keep every value and the block, placement in a bake, refusals, inspect."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -182,3 +183,16 @@ def test_inspect(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert [(r["key"], r["block"]) for r in info["layers"]] == [(3, 3), (5, 5)]
     assert info["hidden_size"] == HIDDEN and info["format"] == "gguf"
+
+
+
+@dataclasses.dataclass
+class SteeringVector:  # stands for steering_vectors.SteeringVector, saved whole with torch.save
+    layer_activations: dict
+    layer_type: str = "decoder_block"
+
+
+def test_a_pickled_steering_vector_is_refused_with_the_way_to_save_it(tmp_path):
+    torch.save(SteeringVector({1: torch.ones(HIDDEN)}), tmp_path / "sv.pt")
+    with pytest.raises(BakesteerError, match=r"torch.save\(dataclasses.asdict\(sv\), path\)"):
+        load_vector_file(tmp_path / "sv.pt")
