@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .errors import BakesteerError
 
-OUT_HELP = "output file; its extension picks the format: .svec bakesteer, .gguf llama.cpp/repeng, .pt/.safetensors steering-vectors"
+OUT_HELP = ("output file; its extension picks the format: .svec bakesteer, .gguf llama.cpp/repeng, "
+            ".pt/.safetensors steering-vectors")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_extract)
 
-    c = sub.add_parser("convert", help="convert a vector file between bakesteer, IBM, llama.cpp/repeng and steering-vectors")
+    c = sub.add_parser("convert", help="convert a vector file: bakesteer, IBM, llama.cpp/repeng, steering-vectors")
     c.add_argument("input", help="vector file: .svec/.json, .gguf, .pt, .safetensors, .npy")
     c.add_argument("output", help=OUT_HELP)
     c.add_argument("--to", choices=["bakesteer", "ibm", "gguf", "steering-vectors"],

@@ -3,7 +3,8 @@
 A text is rendered (template, optional chat template, shared suffix), tokenized once, and run in
 length-sorted batches padded on the right whatever the tokenizer's padding side: with causal attention
 no real token sees a pad, so every activation equals that of the text run alone (left padding would
-leave fully masked pad rows, which some kernels fill with NaN that then reaches real tokens). Forward hooks on ``site_module(model, site, L)``
+leave fully masked pad rows, which some kernels fill with NaN that then reaches real tokens).
+Forward hooks on ``site_module(model, site, L)``
 reduce each block's output to one vector per text (last token, mean over tokens, or mean over the
 suffix); the pass stops after the deepest requested block. Directions (float64, numpy):
 
@@ -93,7 +94,8 @@ def cli_pairs(pos: list[str], neg: list[str]) -> list[Pair]:
     """Pairs given as --pos/--neg on the command line, in order."""
     if len(pos) != len(neg):
         raise BakesteerError(f"give as many --neg as --pos ({len(pos)} --pos, {len(neg)} --neg).")
-    return [_pair({"positive": p, "negative": n}, f"--pos/--neg pair {i + 1}") for i, (p, n) in enumerate(zip(pos, neg))]
+    return [_pair({"positive": p, "negative": n}, f"--pos/--neg pair {i + 1}")
+            for i, (p, n) in enumerate(zip(pos, neg))]
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,8 @@ def direction(pos: np.ndarray, neg: np.ndarray, method: str) -> tuple[np.ndarray
         return v, float(((diffs @ v) ** 2).sum() / (v @ v) / energy) if energy > 0 and v @ v > 0 else 0.0
     if method == "pca_diff":
         if len(diffs) < 2:
-            raise BakesteerError("pca_diff needs at least 2 pairs (it centres the differences); use --method mean_diff.")
+            raise BakesteerError("pca_diff needs at least 2 pairs (it centres the differences); "
+                                 "use --method mean_diff.")
         train = diffs - diffs.mean(0)
     elif method == "pca_center":
         train = np.concatenate([diffs / 2, -diffs / 2])  # each pair centred on its middle (mean zero already)

@@ -29,7 +29,8 @@ from .vectors import VectorFile, _vector, save_bakesteer_vector
 SV_TYPES = {"decoder_block": "resid", "self_attn": "attn_out", "mlp": "mlp_out",
             "input_layernorm": "attn_in", "post_attention_layernorm": "mlp_in"}
 SV_NAMES = {"decoder_block": ("",), "self_attn": ("attn", "attention"), "mlp": ("mlp",),
-            "input_layernorm": ("ln_1", "input_layernorm"), "post_attention_layernorm": ("ln_2", "post_attention_layernorm")}
+            "input_layernorm": ("ln_1", "input_layernorm"),
+            "post_attention_layernorm": ("ln_2", "post_attention_layernorm")}
 SITE_SV = {site: t for t, site in SV_TYPES.items()}
 
 FORMATS = ("bakesteer", "ibm", "gguf", "steering-vectors")
@@ -122,7 +123,8 @@ def explained_of(vf: VectorFile) -> dict[int, float]:
 
 # ---- placement -------------------------------------------------------------------------------------------
 
-def blocks_of(vf: VectorFile, layers: list[int] | None = None, site: str | None = None) -> tuple[str, dict[int, np.ndarray]]:
+def blocks_of(vf: VectorFile, layers: list[int] | None = None,
+              site: str | None = None) -> tuple[str, dict[int, np.ndarray]]:
     """(site, block -> vector) for the given file keys (default: all), refusing what no block can carry."""
     from .vectors import pick
 

@@ -62,8 +62,9 @@ def main() -> None:
         hooked = model(ids).logits
     with torch.inference_mode():
         gap = float((baked(ids).logits - hooked).abs().max())
-    print(f"SmolLM2-135M-Instruct, Love − Hate at the residual after block {a.layer}: |v| = {float((v ** 2).sum()) ** 0.5:.1f},"
-          f" coef {a.coef:g}; baked into {out / 'model'} (max |Δlogit| baked vs hooked: {gap:.1e})\n")
+    norm = float((v ** 2).sum()) ** 0.5
+    print(f"SmolLM2-135M-Instruct, Love − Hate at the residual after block {a.layer}: |v| = {norm:.1f}, "
+          f"coef {a.coef:g}; baked into {out / 'model'} (max |Δlogit| baked vs hooked: {gap:.1e})\n")
     for name, m in (("unsteered", model), ("baked", baked)):
         text = textwrap.fill(PROMPT + complete(m, tok, PROMPT, a.tokens), 100, subsequent_indent=" " * 12)
         print(f"{name:>10}: {text}")

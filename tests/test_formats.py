@@ -13,7 +13,7 @@ from bakesteer.bake import Item, bake
 from bakesteer.cli import main
 from bakesteer.errors import BakesteerError
 from bakesteer.formats import describe, write_vectors
-from bakesteer.hooks import Steer, steering
+from bakesteer.hooks import Steer
 from bakesteer.tiny import HIDDEN, LAYERS, VOCAB, save_model
 from bakesteer.vectors import load_vector_file, pick
 from helpers import greedy, logits
@@ -114,7 +114,8 @@ def test_convert_refuses_what_the_target_cannot_express(tmp_path, capsys):
     ibm.write_text(json.dumps({"model_type": "llama", "directions": {"0": [0.1] * HIDDEN, "1": [0.2] * HIDDEN},
                                "explained_variances": {"0": 1.0, "1": 1.0}}))
     out = tmp_path / "out.gguf"
-    _refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(out)], "only holds residual-stream vectors, not attn_in")
+    _refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(out)],
+             "only holds residual-stream vectors, not attn_in")
     _refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(tmp_path / "o.svec"), "--to", "ibm"], "not attn_in")
     _refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out)], "direction.0, which llama.cpp refuses")
     _refused(capsys, ["convert", str(tmp_path / "all.svec"), str(tmp_path / "o.svec"), "--to", "ibm"],
