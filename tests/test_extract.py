@@ -193,7 +193,7 @@ def test_cli_extract_writes_a_self_describing_file(tmp_path, tiny_dir, capsys):
 def test_cli_extract_pos_neg_and_site(tmp_path, tiny_dir):
     out = tmp_path / "v.svec"
     assert main(["extract", "--model", str(tiny_dir), "--pos", "Love", "--neg", "Hate", "--site", "attn_in",
-                 "--layers", "1", "-o", str(out), "-q"]) == 0
+                 "--layers", "1", "--dtype", "bfloat16", "-o", str(out), "-q"]) == 0
     vf = load_vector_file(out)
     assert vf.site == "attn_in" and sorted(vf.vectors) == [1] and vf.meta["method"] == "mean_diff(last)"
 
@@ -226,3 +226,14 @@ def test_extract_layers_default_to_all(tiny_dir):
     model, tok, identity = load_model(str(tiny_dir))
     res = extract(model, tok, [Pair("Love", "Hate")])
     assert sorted(res.vectors) == [0, 1, 2] and identity["model_type"] == "llama"
+
+
+def test_device_map_auto(tiny_dir):
+    """--device auto loads with device_map="auto" (accelerate's dispatch hooks; on this machine, all CPU)."""
+    from bakesteer.extract import load_model
+
+    model, tok, _ = load_model(str(tiny_dir), device="auto", quiet=True)
+    plain, _, _ = load_model(str(tiny_dir), quiet=True)
+    pairs = [Pair("Love", "Hate"), Pair("kind words", "cruel words")]
+    a, b = extract(model, tok, pairs, layers=[1]), extract(plain, tok, pairs, layers=[1])
+    assert np.abs(a.vectors[1] - b.vectors[1]).max() < 1e-5
