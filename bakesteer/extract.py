@@ -4,15 +4,17 @@ A text is rendered (template, optional chat template, shared suffix), tokenized 
 length-sorted batches padded on the right whatever the tokenizer's padding side: with causal attention
 no real token sees a pad, so every activation equals that of the text run alone (left padding would
 leave fully masked pad rows, which some kernels fill with NaN that then reaches real tokens).
-Forward hooks on ``site_module(model, site, L)``
-reduce each block's output to one vector per text (last token, mean over tokens, or mean over the
-suffix); the pass stops after the deepest requested block. Directions (float64, numpy):
+Forward hooks on ``site_module(model, site, L)`` reduce each block's output to one vector per text
+(last token, mean over tokens, or mean over the suffix); the pass stops after the deepest requested
+block, so the final norm and LM head never run. Directions (float64, numpy):
 
     mean_diff   mean over pairs of (positive - negative)                      Turner / CAA scale
     pca_diff    first principal component of the differences (centred)        repeng's default
     pca_center  first principal component of each pair centred on its middle  repeng's pca_center
 
 PCA directions are unit length, signed so that the positive side projects higher in most pairs.
+Explained variance: the PCA's explained-variance ratio; for mean_diff, the share of the differences'
+(uncentred) energy along the direction.
 """
 from __future__ import annotations
 
