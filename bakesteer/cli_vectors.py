@@ -62,6 +62,7 @@ def _flat(groups: list[list[int]] | None) -> list[int] | None:
 
 def cmd_extract(a: argparse.Namespace) -> int:
     from .extract import Prompting, cli_pairs, extract, load_model, load_pairs
+    from .arch import check_site
     from .formats import check_expressible, format_for, write_vectors
 
     if a.pairs and (a.pos or a.neg):
@@ -75,6 +76,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
             raise BakesteerError(f"{p} already exists; pass --force to replace it.")
     prompting = Prompting(a.template, a.suffix, a.chat)
     prompting.check()
+    check_site(a.site)  # all refused before the model loads
     model, tok, identity = load_model(a.model, a.device, a.dtype, quiet=a.quiet)
     n = identity["num_hidden_layers"]
     layers = _flat(a.layers) or list(range(n))
