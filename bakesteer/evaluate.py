@@ -83,12 +83,18 @@ def _device(model) -> torch.device:
 
 
 @torch.inference_mode()
+def _logprob_batches(model, seqs: list[list[int]], batch: int):
+    """Right-padded batches with float64 next-token log-probabilities: (ids, mask, logp [b, len, vocab])."""
+    dev = _device(model)
+    for _, ids, mask in _batches(seqs, batch):
+        logits = model(ids.to(dev), attention_mask=mask.to(dev)).logits
+        yield ids, mask, torch.log_softmax(logits.double(), -1).cpu()
+
+
 def token_nlls(model, seqs: list[list[int]], batch: int = 16) -> list[np.ndarray]:
     """Per sequence, the NLL (nats, float64) of each token after the first."""
     out: list[np.ndarray] = []
-    dev = _device(model)
-    for _, ids, mask in _batches(seqs, batch):
-        logp = torch.log_softmax(model(ids.to(dev), attention_mask=mask.to(dev)).logits.double(), -1).cpu()
+    for ids, mask, logp in _logprob_batches(model, seqs, batch):
         nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
         out += [nll[i, :int(mask[i].sum()) - 1].numpy() for i in range(ids.shape[0])]
     return out
@@ -106,13 +112,10 @@ def sentence_perplexities(nlls: list[np.ndarray]) -> list[float]:
     return [float(math.exp(n.mean())) if n.size else float("nan") for n in nlls]
 
 
-@torch.inference_mode()
 def prompt_logprobs(model, seqs: list[list[int]], batch: int = 16) -> list[torch.Tensor]:
     """Per prompt, float64 log-probabilities of the next token at every position: [len, vocab]."""
     out: list[torch.Tensor] = []
-    dev = _device(model)
-    for _, ids, mask in _batches(seqs, batch):
-        logp = torch.log_softmax(model(ids.to(dev), attention_mask=mask.to(dev)).logits.double(), -1).cpu()
+    for ids, mask, logp in _logprob_batches(model, seqs, batch):
         out += [logp[i, :int(mask[i].sum())] for i in range(ids.shape[0])]
     return out
 

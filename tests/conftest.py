@@ -14,3 +14,17 @@ def smollm2() -> Path:
     from bakesteer.models import ensure_default_model
 
     return ensure_default_model(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tok(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2)

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 np.float_ = np.float64  # repeng 0.4.0 names np.float_, removed in NumPy 2
 repeng = pytest.importorskip("repeng")
@@ -32,13 +32,13 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model(smollm2):
-    return AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+def model(smollm2_model):
+    return smollm2_model
 
 
 @pytest.fixture(scope="module")
-def tok(smollm2):
-    return AutoTokenizer.from_pretrained(smollm2)
+def tok(smollm2_tok):
+    return smollm2_tok
 
 
 def _bake(smollm2, tmp_path, vector, layers: str, coef: float):

@@ -6,7 +6,7 @@ import json
 import pytest
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from bakesteer.bake import Item, bake
 from bakesteer.cli import main
@@ -18,13 +18,13 @@ PROMPTS = ["I hate you because", "The best thing about the weekend is", "Write a
 
 
 @pytest.fixture(scope="module")
-def source(smollm2):
-    return AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+def source(smollm2_model):
+    return smollm2_model
 
 
 @pytest.fixture(scope="module")
-def tok(smollm2):
-    return AutoTokenizer.from_pretrained(smollm2)
+def tok(smollm2_tok):
+    return smollm2_tok
 
 
 def _steer(site: str) -> Steer:
