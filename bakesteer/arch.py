@@ -31,6 +31,22 @@ class Site:
     rule: Literal["through", "direct"]  # through: b += a*W v (v enters the linear); direct: b += a*v
     scale: str | None = None  # config attribute v is divided by before a direct fold
     why_not: str = ""  # when fold is None: what stands in the way
+    at: Literal["output", "input"] = "output"  # the site is the hook module's output, or its input
+
+
+@dataclass(frozen=True)
+class Approx:
+    """Where a non-exact site is approximated (``--approx``): slots are (block offset from L, linear).
+
+    The closed form adds the residual displacement after block L at ``place`` (through ``post_norm``,
+    the norm between that linear and the residual add, where there is one); the fit then tunes every
+    slot. Value biases are left out: softmax rows sum to 1, so a v bias only adds ``O b_v``, a
+    constant the o bias already spans.
+    """
+
+    slots: tuple[tuple[int, str], ...]
+    place: tuple[int, str]
+    post_norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class Arch:
     relabel: Relabel | None = None
     defaults: Mapping[str, object] = field(default_factory=dict)  # config values when config.json omits them
     dims: tuple[str, str] = ("hidden_size", "num_hidden_layers")  # config names of hidden size, block count
+    approx: Approx | None = None  # how a site with no exact fold is approximated on request
 
     def bias_slot(self, module: str) -> str:
         return self.linears[module]
@@ -106,6 +123,17 @@ _POST_NORM = "the MLP output passes through post_feedforward_layernorm before th
 _SANDWICH_SITES = {  # Gemma2/Gemma3: every sublayer output is normalised before the residual add
     "attn_in": Site("input_layernorm", _QKV, "through"),
     "mlp_in": Site("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
+    "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
+    "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
+    "resid": Site("", None, "direct", why_not=_POST_NORM),
+}
+_O = "self_attn.o_proj"
+_APPROX_SLOTS = ((0, _O), (1, "self_attn.q_proj"), (1, "self_attn.k_proj"), (1, _O))
+APPROX_PRE_NORM = Approx(_APPROX_SLOTS, (1, _O))
+APPROX_POST_NORM = Approx(_APPROX_SLOTS, (1, _O), post_norm="post_attention_layernorm")
+_OLMO2_SITES = {  # OLMo2: no pre-norms; x += post_attn_norm(attn(x)); x += post_ff_norm(mlp(x))
+    "attn_in": Site("self_attn", _QKV, "through", at="input"),
+    "mlp_in": Site("mlp", ("mlp.gate_proj", "mlp.up_proj"), "through", at="input"),
     "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
     "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
     "resid": Site("", None, "direct", why_not=_POST_NORM),
@@ -169,13 +197,15 @@ ARCHS: dict[str, Arch] = {
             defaults={"use_sliding_window": False},
         ),
         Arch("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
-             defaults=_NO_ATTN_BIAS),
+             defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM),
         Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
-             defaults=_NO_ATTN_BIAS),
+             defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM),
         Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES,
-             defaults=_NO_ATTN_BIAS),
+             defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM),
         Arch("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
-             _SANDWICH_SITES, defaults=_NO_ATTN_BIAS),
+             _SANDWICH_SITES, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM),
+        Arch("olmo2", ("olmo2",), ("Olmo2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
+             defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM),
     ]
 }
 
@@ -251,6 +281,29 @@ def fold_target(cfg: Mapping, site_name: str) -> FoldTarget:
         return found
     exact = exact_sites(cfg)
     where = f"sites that bake exactly here: {', '.join(exact)}" if exact else "no site bakes exactly here"
-    raise BakesteerError(
-        f"site {site_name} cannot be baked exactly into {arch_for(cfg).name}: {found}; {where}."
-    )
+    arch = arch_for(cfg)
+    offer = ""
+    if arch.approx is not None and all(arch.bias_slot(m) != NEVER for _, m in arch.approx.slots):
+        offer = ("; or pass --approx to fit the nearest bias slots (attention of blocks L and L+1) and measure "
+                 "the gap, typically a few % of the steering's own KL (4-60% unfitted)")
+    raise BakesteerError(f"site {site_name} cannot be baked exactly into {arch.name}: {found}; {where}{offer}.")
+
+
+def approx_slots(cfg: Mapping, site_name: str, layer: int) -> tuple[Approx, list[tuple[int, str]]]:
+    """The slots that approximate ``site_name`` of block ``layer`` on this config, or a clear refusal.
+
+    An exact site never gets here: asking for it is a programming error.
+    """
+    check_site(site_name)
+    assert not isinstance(_resolve(cfg, site_name), FoldTarget), f"{site_name} is exact; fold it exactly"
+    arch = arch_for(cfg)
+    n_layers = arch.hidden_and_layers(arch.config(cfg))[1]
+    ap = arch.approx
+    if ap is None or any(arch.bias_slot(m) == NEVER for _, m in ap.slots):
+        raise BakesteerError(f"{arch.name} has no attention bias slots to approximate {site_name} with; "
+                             f"use an exact site: {', '.join(exact_sites(cfg)) or 'none'}.")
+    last = layer + max(off for off, _ in ap.slots)
+    if last >= n_layers:
+        raise BakesteerError(f"{site_name} of block {layer} is approximated with block {last}, which this "
+                             f"{n_layers}-block model lacks; choose a layer below {n_layers - 1}.")
+    return ap, [(layer + off, m) for off, m in ap.slots]

@@ -4,7 +4,7 @@ A text is rendered (template, optional chat template, shared suffix), tokenized 
 length-sorted batches padded on the right whatever the tokenizer's padding side: with causal attention
 no real token sees a pad, so every activation equals that of the text run alone (left padding would
 leave fully masked pad rows, which some kernels fill with NaN that then reaches real tokens).
-Forward hooks on ``site_module(model, site, L)`` reduce each block's output to one vector per text
+Forward hooks on ``site_at(model, site, L)`` reduce each block's output to one vector per text
 (last token, mean over tokens, or mean over the suffix); the pass stops after the deepest requested
 block, so the final norm and LM head never run. Directions (float64, numpy):
 
@@ -29,7 +29,7 @@ import torch
 
 from .arch import arch_for, check_site
 from .errors import BakesteerError
-from .hooks import site_module
+from .hooks import site_at, watch
 from .progress import bar
 
 AGGREGATIONS = ("last", "mean", "suffix")
@@ -197,8 +197,7 @@ def capture(model, tok, texts: list[str], starts: list[int], site: str, layers: 
     current: dict[str, torch.Tensor] = {}
 
     def hook_for(layer: int):
-        def hook(module, inputs, output):
-            h = output[0] if isinstance(output, tuple) else output  # (B, T, H)
+        def hook(h: torch.Tensor):  # (B, T, H)
             acc = torch.float32 if h.device.type == "mps" else torch.float64  # exact for "last", any dtype
             w = current["weights"].to(h.device, acc)
             keep = (w > 0).unsqueeze(-1)  # padded rows may hold NaN in some attention kernels
@@ -210,7 +209,7 @@ def capture(model, tok, texts: list[str], starts: list[int], site: str, layers: 
         return hook
 
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
-    handles = [site_module(model, site, L).register_forward_hook(hook_for(L)) for L in layers]
+    handles = [watch(*site_at(model, site, L), hook_for(L)) for L in layers]
     try:
         with bar(total=len(texts), desc="extract", unit="text", disable=not progress) as pb:
             for start in range(0, len(order), batch_size):

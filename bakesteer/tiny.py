@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 from transformers import (GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, GraniteConfig,
-                          LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
+                          LlamaConfig, MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -27,6 +27,7 @@ CONFIGS = {
     "gemma": lambda: GemmaConfig(**_COMMON, head_dim=16),
     "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
     "gemma3": lambda: Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
+    "olmo2": lambda: Olmo2Config(**_COMMON),
 }
 
 

@@ -12,7 +12,7 @@ from bakesteer.arch import SITES
 from bakesteer.cli import main
 from bakesteer.errors import BakesteerError
 from bakesteer.extract import Pair, Prompting, capture, direction, extract, load_pairs, parse_pairs
-from bakesteer.hooks import site_module
+from bakesteer.hooks import site_at, watch
 from bakesteer.tiny import CONFIGS, LAYERS, VOCAB, make_model
 from bakesteer.vectors import load_vector_file
 
@@ -40,10 +40,10 @@ def _reference(model, text: str, site: str, layer: int, span: slice) -> np.ndarr
     """The site's output for one unpadded text, averaged over ``span`` of its tokens."""
     got = {}
 
-    def hook(m, i, o):
-        got["h"] = (o[0] if isinstance(o, tuple) else o)[0]
+    def hook(hidden):
+        got["h"] = hidden[0]
 
-    h = site_module(model, site, layer).register_forward_hook(hook)
+    h = watch(*site_at(model, site, layer), hook)
     try:
         model(torch.tensor([CharTok()([text])["input_ids"][0]]))
     finally:
