@@ -86,7 +86,8 @@ class Arch:
             raise BakesteerError(f"config.json lacks a valid {self.dims[0]} or {self.dims[1]}; fix the config.")
 
 
-def _flag_on(cfg: Mapping, slot: str) -> bool:
+def flag_on(cfg: Mapping, slot: str) -> bool:
+    """Whether the bias slot exists under this config."""
     return slot == ALWAYS or (slot != NEVER and bool(cfg.get(slot, False)))
 
 
@@ -237,7 +238,7 @@ def _fold_in(arch: Arch, site: Site, cfg: Mapping) -> tuple[str, ...] | None:
     slots = [arch.bias_slot(m) for m in site.fold or ()]
     if not slots or NEVER in slots:
         return None
-    return tuple(sorted({s for s in slots if not _flag_on(cfg, s)}))
+    return tuple(sorted({s for s in slots if not flag_on(cfg, s)}))
 
 
 def _resolve(cfg: Mapping, site_name: str) -> FoldTarget | str:
@@ -261,6 +262,11 @@ def _resolve(cfg: Mapping, site_name: str) -> FoldTarget | str:
     kept = {target.bias_slot(m) for m, s in arch.linears.items() if s == ALWAYS}
     needed = {target.bias_slot(m) for m in tsite.fold or ()}
     return FoldTarget(target, tsite, tuple(sorted(kept | needed)), arch.name)
+
+
+def is_exact(cfg: Mapping, site_name: str) -> bool:
+    check_site(site_name)
+    return isinstance(_resolve(cfg, site_name), FoldTarget)
 
 
 def exact_sites(cfg: Mapping) -> list[str]:
@@ -295,7 +301,7 @@ def approx_slots(cfg: Mapping, site_name: str, layer: int) -> tuple[Approx, list
     An exact site never gets here: asking for it is a programming error.
     """
     check_site(site_name)
-    assert not isinstance(_resolve(cfg, site_name), FoldTarget), f"{site_name} is exact; fold it exactly"
+    assert not is_exact(cfg, site_name), f"{site_name} is exact; fold it exactly"
     arch = arch_for(cfg)
     n_layers = arch.hidden_and_layers(arch.config(cfg))[1]
     ap = arch.approx

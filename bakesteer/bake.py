@@ -5,13 +5,13 @@ import datetime
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .arch import Arch, arch_for, fold_target
+from .arch import Arch, approx_slots, arch_for, flag_on, fold_target, is_exact
 from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, write_checkpoint
 from .errors import BakesteerError
 from .fold import apply_delta, direct_delta, through_delta
@@ -27,6 +27,18 @@ class Item:
 
     steer: Steer
     origin: dict  # file, format, sha256, file_layer
+
+
+@dataclass(frozen=True)
+class ApproxOptions:
+    """How an approximate bake fits and measures (see ``bakesteer.approx``)."""
+
+    calib: str | None = None  # calibration text file, one passage per line; None = the built-in set
+    tokens: int = 1024  # token budget for the fit, and again for the held-out measure
+    steps: int = 60
+    lr: float = 0.05
+    seed: int = 0
+    device: str = "auto"  # cpu, cuda or auto
 
 
 @dataclass
@@ -57,8 +69,11 @@ def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
             raise BakesteerError(f"coefficient {s.coef} is not a finite number; pass a real --coef.")
 
 
-def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
-    """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds."""
+def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.ndarray] | None = None) -> Plan:
+    """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds.
+
+    ``extra``: bias deltas fitted by an approximate bake, per (decoder block, linear module).
+    """
     source = arch_for(ckpt.config)
     quant = ckpt.config.get("quantization_config")
     if quant:
@@ -67,11 +82,15 @@ def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
                              "the baked folder afterwards.")
     cfg = source.config(ckpt.config)
     hidden, n_layers = source.hidden_and_layers(cfg)
-    check_items(items, hidden, n_layers)
+    if not extra:
+        check_items(items, hidden, n_layers)
     targets = [fold_target(cfg, it.steer.site) for it in items]
     relabels = {t.relabelled_from for t in targets} - {None}
     arch = next((t.arch for t in targets if t.relabelled_from), source)
-    flags = sorted({f for t in targets for f in t.flags})  # a relabelled target's flags keep the source biases
+    flags = {f for t in targets for f in t.flags}  # a relabelled target's flags keep the source biases
+    extra = extra or {}
+    flags |= {slot for slot in (arch.bias_slot(m) for _, m in extra) if not flag_on(cfg, slot)}
+    flags = sorted(flags)
 
     deltas: dict[str, np.ndarray] = {}
     weights: dict[str, str] = {}  # bias key -> weight key, for dtype and placement
@@ -87,6 +106,11 @@ def plan(ckpt: TensorSource, items: list[Item]) -> Plan:
                 d = direct_delta(as_f64(s.vector), s.coef, float(cfg[site.scale]) if site.scale else 1.0)
             deltas[bkey] = deltas.get(bkey, 0) + d
             weights[bkey] = wkey
+    for (layer, module), d in extra.items():
+        wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
+        bkey = wkey[: -len("weight")] + "bias"
+        deltas[bkey] = deltas.get(bkey, 0) + np.asarray(d, dtype=np.float64)
+        weights[bkey] = wkey
 
     updates, originals = {}, {}
     for bkey, d in deltas.items():
@@ -130,12 +154,14 @@ def _check_target(src: Path, out: Path) -> None:
 
 
 def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False,
-         progress: bool = True, source_info: dict | None = None, link: bool = False) -> dict:
+         progress: bool = True, source_info: dict | None = None, link: bool = False,
+         approx: ApproxOptions | None = None) -> dict:
     """Bake ``items`` into the checkpoint at ``model_dir`` and write the result to ``out``. Returns the recipe.
 
     Streams: reads only the weights it folds, copies (or with ``link`` hard-links) every untouched
     shard. ``source_info`` adds to the recipe's source record (e.g. the Hub id and revision).
     Baking onto a baked folder composes: the record stays relative to the original source.
+    ``approx``: fit the nearest slots for sites with no exact fold instead of refusing them.
     """
     src, out = Path(model_dir), Path(out)
     _check_target(src, out)
@@ -148,21 +174,79 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
         try:
             convert_bin(src, conv, progress)
             info = {**(source_info or {}), "format": "pytorch .bin (converted to safetensors)"}
-            return _bake(Checkpoint(conv), src, items, staging, progress, info, link=True)
+            return _bake(Checkpoint(conv), src, items, staging, progress, info, link=True, approx=approx)
         finally:
             shutil.rmtree(conv, ignore_errors=True)
-    return _bake(Checkpoint(src), src, items, staging, progress, source_info, link)
+    return _bake(Checkpoint(src), src, items, staging, progress, source_info, link, approx)
+
+
+def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOptions,
+                 progress: bool) -> tuple[Plan, dict, list[str]]:
+    """Fit the slots of the non-exact items, plan the bake, and measure what is written."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import approx as ap
+
+    source = arch_for(ckpt.config)
+    cfg = source.config(ckpt.config)
+    check_items(items, *source.hidden_and_layers(cfg))
+    exact = [it for it in items if is_exact(cfg, it.steer.site)]
+    loose = [it for it in items if not is_exact(cfg, it.steer.site)]
+    for it in loose:
+        approx_slots(cfg, it.steer.site, it.steer.layer)  # refuses before any work
+    if not 0 < opts.tokens <= 1_000_000 or opts.steps < 0 or not opts.lr > 0:
+        raise BakesteerError("--calib-tokens must be positive, --fit-steps non-negative and --fit-lr positive.")
+    calib = ap.read_calib(opts.calib, opts.seed)
+    device = "cuda" if opts.device == "auto" and torch.cuda.is_available() else opts.device.replace("auto", "cpu")
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except Exception:
+        raise BakesteerError(f"{src} has no usable tokenizer; an approximate bake reads calibration text with it.")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device).eval()
+    steers, approximated = [it.steer for it in exact], [it.steer for it in loose]
+    fit = ap.fit(model, tok, steers, approximated, calib, opts.tokens, opts.steps, opts.lr, seed=opts.seed,
+                 progress=progress)
+    p = plan(ckpt, exact, fit.deltas)
+    arch = p.arch
+    written = {}  # what the checkpoint's dtype keeps of each fitted delta
+    for (layer, module) in fit.deltas:
+        bkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")[: -len("weight")] + "bias"
+        before = p.originals.get(bkey, np.zeros(1)).astype(np.float64)
+        written[(layer, module)] = torch.from_numpy(p.updates[bkey].astype(np.float64) - before).float().to(device)
+    held = ap.batches(ap.encode(tok, calib.heldout, opts.tokens), 16, device)
+    final = ap.measure(model, steers, approximated, written, held)
+    if not np.isfinite(final.kl_hooked_baked):
+        raise BakesteerError("the approximate bake gives non-finite outputs on held-out text; nothing was written.")
+    record = {**fit.record(), "heldout": asdict(final), "approximated_steers": [items.index(it) for it in loose],
+              "calibration": {"source": calib.source, "sha256": calib.sha256, "fit_passages": len(calib.fit),
+                              "heldout_passages": len(calib.heldout), "token_budget": opts.tokens,
+                              "seed": opts.seed},
+              "objective": "residual stream after block L+1 (mean squared error), model frozen, Adam"}
+    return p, record, calib.heldout
 
 
 def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, progress: bool,
-          source_info: dict | None, link: bool) -> dict:
+          source_info: dict | None, link: bool, approx: ApproxOptions | None = None) -> dict:
     prev = load_record(src) if has_record(src) else None
-    p = plan(ckpt, items)
+    cfg = arch_for(ckpt.config).config(ckpt.config)
+    approximation, heldout = None, None
+    if approx is not None and not all(is_exact(cfg, it.steer.site) for it in items):
+        if prev is not None:
+            raise BakesteerError(f"{src} is already baked; an approximate bake must start from the unbaked model "
+                                 "(bake every vector in one run, or `bakesteer unbake` first).")
+        p, approximation, heldout = _approximate(ckpt, src, items, approx, progress)
+    else:
+        p = plan(ckpt, items)
+    if prev is not None and not prev.recipe.get("exact", True):
+        raise BakesteerError(f"{src} holds an approximate bake, which does not compose; bake every vector in one "
+                             "run from the unbaked model.")
     changed = sorted(k for k in p.updates if k in ckpt.tensors)
     recipe = {
         "bakesteer_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "exact": True,
+        "exact": approximation is None,
+        **({"approximation": approximation} if approximation else {}),
         "source": {
             "path": str(src.resolve()),
             "model_type": ckpt.config.get("model_type"),
@@ -190,7 +274,7 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
                              disable=not progress) as pbar:
         recipe["shards"], recipe["files_left_out"] = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
         record = Record(recipe, [as_f64(it.steer.vector) for it in items], p.originals,
-                        (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None)
+                        (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None, heldout)
         if prev is not None:
             record = merge(prev, record)
         record.write(tmp)

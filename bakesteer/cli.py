@@ -8,6 +8,7 @@ from pathlib import Path
 from .cli_eval import register as register_eval_commands
 from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
+from .report import approx_lines
 
 LAYER_HELP = (
     "layer as the vector file numbers it (repeatable; '5', '4,5,6' or '4-6'): bakesteer files and raw "
@@ -42,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--link", action="store_true",
                    help="hard-link untouched shards instead of copying them (same file system; never modify them)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g = b.add_argument_group("approximate bakes (sites with no exact bias slot: Qwen3/Gemma/OLMo2 resid, mlp_*)")
+    g.add_argument("--approx", action="store_true",
+                   help="fit the nearest attention bias slots to the hooked model and record how close it is")
+    g.add_argument("--calib", help="calibration text, one passage per line (default: a built-in general-text set); "
+                                   "a quarter is held out to measure the result")
+    g.add_argument("--calib-tokens", type=int, default=1024, help="token budget to fit on, and to measure on (1024)")
+    g.add_argument("--fit-steps", type=int, default=60, help="Adam steps (default 60; 0 keeps the closed form)")
+    g.add_argument("--fit-lr", type=float, default=0.05, help="Adam learning rate in units of each slot's scale")
+    g.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the fit (default 0)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to fit (default auto)")
     b.set_defaults(func=cmd_bake)
     u = sub.add_parser("unbake", help="restore the original checkpoint of a baked folder, bit for bit")
     u.add_argument("dir", help="a folder written by `bakesteer bake`")
@@ -61,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_bake(a: argparse.Namespace) -> int:
-    from .bake import Item, bake, default_output
+    from .bake import ApproxOptions, Item, bake, default_output
     from .steer import Steer
     from .models import resolve_model
     from .vectors import load_vector_file, pick
@@ -82,17 +93,21 @@ def cmd_bake(a: argparse.Namespace) -> int:
             items.append(Item(Steer(site, block, vec, float(coef)), origin))
     out = Path(a.output) if a.output else default_output(model_name, [f.path.stem for f in files],
                                                          "+".join(sorted(sites)), layers)
-    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info, link=a.link)
+    approx = ApproxOptions(a.calib, a.calib_tokens, a.fit_steps, a.fit_lr, a.seed, a.device) if a.approx else None
+    recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info, link=a.link,
+                  approx=approx)
     w = recipe["written"]
     print(f"baked {len(items)} vector(s) into {model_dir} -> {out}")
     if recipe.get("bakes", 1) > 1:
         print(f"  composed with earlier bakes: {len(recipe['steers'])} vectors over {recipe['source']['path']}")
     for s in recipe["steers"]:
         print(f"  {s['site']} of block {s['layer']}: coef {s['coef']:g} × |v| {s['norm']:.3g}  ({s['format']} layer {s['file_layer']})")
-    print(f"  tensors changed: {len(recipe['tensors_changed'])}, zero biases added: {len(recipe['tensors_added'])}"
+    print(f"  tensors changed: {len(recipe['tensors_changed'])}, biases added: {len(recipe['tensors_added'])}"
           + (f", config flags on: {', '.join(w['flags_switched_on'])}" if w["flags_switched_on"] else ""))
     if w["relabelled_from"]:
         print(f"  architecture changed: {w['relabelled_from']} -> {w['architectures'][0]} (exactly equivalent)")
+    if not recipe["exact"]:
+        print("\n".join(approx_lines(recipe["approximation"])))
     if recipe["files_left_out"]:
         print(f"  left out (unbaked weights or folders): {', '.join(recipe['files_left_out'])}")
     print(f"next: bakesteer verify {out}")
@@ -113,6 +128,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     recipe, report = verify(a.dir, a.new_tokens, progress=not a.quiet)
     steers = ", ".join(f"{s['site']}@{s['layer']}×{s['coef']:g}" for s in recipe["steers"])
+    if not recipe.get("exact", True):
+        print(f"{a.dir}: {recipe['source']['path']} + [{steers}]")
+        print("\n".join(report.lines()))
+        return 0 if report.passed else 1
     print(f"{a.dir}: {recipe['source']['path']} + [{steers}]")
     print("\n".join(report.lines()))
     return 0 if report.passed else 1

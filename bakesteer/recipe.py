@@ -21,6 +21,7 @@ from .steer import Steer
 
 RECIPE = "bakesteer.json"
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
+HELDOUT = "heldout.txt"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Record:
     originals: dict[str, np.ndarray]  # changed bias -> value in the original source
     config: bytes  # the original config.json
     index: bytes | None = None  # the original index, if the source was sharded
+    heldout: list[str] | None = None  # an approximate bake's held-out passages, so verify can re-measure
 
     @property
     def steers(self) -> list[Steer]:
@@ -47,6 +49,8 @@ class Record:
         (out / SIDE / "original_config.json").write_bytes(self.config)
         if self.index is not None:
             (out / SIDE / "original_index.json").write_bytes(self.index)
+        if self.heldout is not None:
+            (out / SIDE / HELDOUT).write_text("".join(line + "\n" for line in self.heldout))
         (out / RECIPE).write_text(json.dumps(self.recipe, indent=2) + "\n")
 
 
@@ -65,7 +69,8 @@ def load_record(folder: str | Path) -> Record:
         vectors = [vecs[s["vector"]] for s in recipe["steers"]]
         originals = load_file(str(side / "original_biases.safetensors"))
         index = (side / "original_index.json").read_bytes() if (side / "original_index.json").is_file() else None
-        return Record(recipe, vectors, originals, (side / "original_config.json").read_bytes(), index)
+        held = (side / HELDOUT).read_text().splitlines() if (side / HELDOUT).is_file() else None
+        return Record(recipe, vectors, originals, (side / "original_config.json").read_bytes(), index, held)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.")
 

@@ -1,8 +1,13 @@
 """Tiny random-weight models of every supported family, built from a config (no download)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 from transformers import AutoModelForCausalLM
+
+from .arch import APPROX_PRE_NORM, ARCHS, NEVER
 from transformers import (GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, GraniteConfig,
                           LlamaConfig, MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config)
 
@@ -48,3 +53,29 @@ def save_model(name: str, path, seed: int = 0, dtype=torch.float32) -> torch.nn.
     model = make_model(name, seed, dtype)
     model.save_pretrained(path)
     return model
+
+
+@contextlib.contextmanager
+def pretend_no_mlp_bias():
+    """Within the block the table says Llama's MLP has no bias slot (as on Qwen3): a test-only entry that
+    lets a real Llama (SmolLM2) measure approximate bakes against its exact hooked steering."""
+    real = ARCHS["llama"]
+    ARCHS["llama"] = dataclasses.replace(real, linears={**real.linears, **{m: NEVER for m in real.linears
+                                                                          if m.startswith("mlp.")}},
+                                         approx=APPROX_PRE_NORM)
+    try:
+        yield
+    finally:
+        ARCHS["llama"] = real
+
+
+def save_char_tokenizer(path) -> None:
+    """A character-level tokenizer over printable ASCII (95 symbols + unknown = VOCAB ids) for tiny models."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{chr(c): c - 31 for c in range(32, 127)}}
+    assert len(vocab) == VOCAB
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab, [], unk_token="<unk>")),
+                                  unk_token="<unk>", pad_token="<unk>")
+    tok.save_pretrained(path)
