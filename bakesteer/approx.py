@@ -1,12 +1,11 @@
 """Approximate bakes: where a site has no exact fold, fit the nearest bias slots to the hooked model.
 
-The architecture table names the slots (``Arch.approx``): the o bias of block L and the q, k and o
-biases of block L+1. The closed form puts the residual displacement after block L (``coef * v`` for
+The architecture table names the slots (``Arch.approx``): the q, k and o biases of block L+1. The closed form puts the residual displacement after block L (``coef * v`` for
 a residual vector) at the o bias of block L+1, through that block's post-norm where it has one; what
 it misses is block L+1's attention reading the residual before the vector arrives. The fit starts
 there and tunes every slot with Adam on a local objective: the residual stream after block L+1
-(``depth`` blocks past the last steered one), replaying only those blocks on cached inputs, the
-model frozen. End-to-end KL on held-out text the fit never saw is the measure: the better of
+(``depth`` blocks past the last steered one), each dimension weighted by its spread, replaying only
+those blocks on cached inputs, the model frozen. End-to-end KL on held-out text the fit never saw is the measure: the better of
 closed form and fit is kept, and its figures are recorded.
 """
 from __future__ import annotations
@@ -31,6 +30,7 @@ from .steer import Steer, as_f64
 
 Slot = tuple[int, str]  # (decoder block, linear module inside it)
 MIN_FIT_TOKENS = 64
+HELDOUT_TOKENS = 1024  # budget of the held-out measure
 MIN_PASSAGES = 4  # at least 3 to fit on and 1 held out
 
 
@@ -131,14 +131,17 @@ def gap(source: list[torch.Tensor], hooked: list[torch.Tensor], baked: list[torc
     return Gap(kl_hb / n, kl_sh / n, kl_hb / max(kl_sh, 1e-30), agree / n, int(n))
 
 
-def measure(model, steers: list[Steer], approx: list[Steer], deltas: dict[Slot, torch.Tensor], data) -> Gap:
-    """The gap of exact ``steers`` plus slot ``deltas`` standing in for ``approx`` steers, against all hooked."""
+def measure(model, steers: list[Steer], approx: list[Steer], candidates: list[dict[Slot, torch.Tensor]],
+            data) -> list[Gap]:
+    """The gap of exact ``steers`` plus each candidate's slot deltas standing in for ``approx``, against all hooked."""
     source = _logprobs(model, data)
     with steering(model, steers + approx):
         hooked = _logprobs(model, data)
-    with steering(model, steers), slots_added(model, deltas):
-        baked = _logprobs(model, data)
-    return gap(source, hooked, baked, data)
+    out = []
+    for deltas in candidates:
+        with steering(model, steers), slots_added(model, deltas):
+            out.append(gap(source, hooked, _logprobs(model, data), data))
+    return out
 
 
 def _capture(model, data, lo: int, hi: int, steers: list[Steer]) -> list[tuple[torch.Tensor, dict]]:
@@ -177,12 +180,12 @@ def _mean_over(model, data, module: torch.nn.Module, fn, steers: list[Steer]) ->
     acc, n = 0.0, 0.0
     for ids, mask in data:
         got = []
-        h = module.register_forward_hook(lambda m, i, o: got.append(o[0] if isinstance(o, tuple) else o))
-        try:
-            with torch.no_grad(), steering(model, steers):
+        with torch.no_grad(), steering(model, steers):  # hooked first, so the capture sees the steered output
+            h = module.register_forward_hook(lambda m, i, o: got.append(o[0] if isinstance(o, tuple) else o))
+            try:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
-        finally:
-            h.remove()
+            finally:
+                h.remove()
         w = mask.unsqueeze(-1).to(got[0].dtype)
         acc = acc + (fn(got[0].double()) * w).sum((0, 1))
         n += float(mask.sum())
@@ -231,7 +234,7 @@ class Fit:
                 "heldout_tokens": self.heldout_tokens, "final_local_loss": self.final_loss}
 
 
-def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, tokens: int = 1024, steps: int = 60,
+def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, tokens: int = 512, steps: int = 60,
         lr: float = 0.05, depth: int = 1, seed: int = 0, batch: int = 16, progress: bool = True) -> Fit:
     """Fit the table's slots so that ``model`` + exact ``steers`` + slots ≈ ``model`` with all steers hooked."""
     torch.manual_seed(seed)
@@ -242,7 +245,7 @@ def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, toke
     for s in approx:
         spec, mine = approx_slots(cfg, s.site, s.layer)
         slots |= set(mine)
-    fit_ids, held_ids = encode(tok, calib.fit, tokens), encode(tok, calib.heldout, tokens)
+    fit_ids, held_ids = encode(tok, calib.fit, tokens), encode(tok, calib.heldout, HELDOUT_TOKENS)
     n_fit = sum(map(len, fit_ids))
     if n_fit < MIN_FIT_TOKENS or not held_ids:
         raise BakesteerError(f"calibration text {calib.source} gives {n_fit} tokens to fit on; give at least "
@@ -262,14 +265,21 @@ def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, toke
         if init[(l, m)].numel() == 0:
             init[(l, m)] = torch.zeros(lin.out_features, dtype=torch.float64, device=device)
         theta[(l, m)] = torch.zeros_like(init[(l, m)], dtype=torch.float32, requires_grad=True)
-    lo = min(s.layer for s in approx)
+    first = [s.layer + (1 if arch.sites[s.site].hook == "" else 0) for s in approx]  # first block that differs
+    lo = min(first + [l for l, _ in init])
     hi = max(s.layer for s in approx) + depth
     caps = _capture(model, fit_data, lo, hi, steers)
+    steered = _capture(model, fit_data, lo, hi, steers + approx)  # block lo's input may already carry a steer
     with torch.no_grad(), steering(model, steers + approx):
-        targets = [_replay(blocks, c, lo, hi) for c in caps]
-    with torch.no_grad(), steering(model, steers):
-        apart = [(t - _replay(blocks, c, lo, hi)).pow(2).sum(-1) for t, c in zip(targets, caps)]
+        targets = [_replay(blocks, c, lo, hi) for c in steered]
     masks = [m.bool() for _, m in fit_data]
+    # each dimension's error in units of its spread over tokens: the few massive dimensions of the
+    # residual stream would otherwise decide the fit alone
+    flat = torch.cat([t[m] for t, m in zip(targets, masks)])
+    wdim = 1 / (flat.var(0) + 1e-6 * flat.var(0).mean())
+    wdim = wdim / wdim.mean()
+    with torch.no_grad(), steering(model, steers):
+        apart = [(t - _replay(blocks, c, lo, hi)).pow(2).mul(wdim).sum(-1) for t, c in zip(targets, caps)]
     norm = sum(float(a[m].sum()) for a, m in zip(apart, masks)) / n_fit + 1e-30
     current = lambda: {k: (init[k] + scale[k] * theta[k].double()).float() for k in init}  # noqa: E731
     opt = torch.optim.Adam(list(theta.values()), lr=lr)
@@ -278,11 +288,11 @@ def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, toke
         for step in range(steps):
             opt.zero_grad()
             total = 0.0
-            with slots_added(model, current()):
-                for c, t, m in zip(caps, targets, masks):
-                    loss = (_replay(blocks, c, lo, hi) - t).pow(2).sum(-1)[m].sum() / (n_fit * norm)
-                    loss.backward()
-                    total += float(loss.detach())
+            for c, t, m in zip(caps, targets, masks):  # gradients accumulate over the batches
+                with slots_added(model, current()):
+                    loss = (_replay(blocks, c, lo, hi) - t).pow(2).mul(wdim).sum(-1)[m].sum() / (n_fit * norm)
+                loss.backward()
+                total += float(loss.detach())
             if not np.isfinite(total) or not all(torch.isfinite(p.grad).all() for p in theta.values()):
                 raise BakesteerError(f"the fit diverged (its loss became {total} at step {step + 1}); nothing was "
                                      "written. Lower --fit-lr or use fewer --fit-steps.")
@@ -292,8 +302,9 @@ def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, toke
             pb.set_postfix(loss=f"{total:.4f}")
     seconds = time.perf_counter() - start
     fitted = {k: v.detach() for k, v in current().items()}
-    gap_closed = measure(model, steers, approx, {k: v.float() for k, v in init.items()}, held_data)
-    gap_fitted = measure(model, steers, approx, fitted, held_data) if steps else None
+    gaps = measure(model, steers, approx, [{k: v.float() for k, v in init.items()}] + ([fitted] if steps else []),
+                   held_data)
+    gap_closed, gap_fitted = gaps[0], (gaps[1] if steps else None)
     better = gap_fitted is not None and gap_fitted.kl_hooked_baked <= gap_closed.kl_hooked_baked
     kept = fitted if better else init
     return Fit({k: v.detach().double().cpu().numpy() for k, v in kept.items()}, "fitted" if better else "closed_form",

@@ -129,7 +129,7 @@ _SANDWICH_SITES = {  # Gemma2/Gemma3: every sublayer output is normalised before
     "resid": Site("", None, "direct", why_not=_POST_NORM),
 }
 _O = "self_attn.o_proj"
-_APPROX_SLOTS = ((0, _O), (1, "self_attn.q_proj"), (1, "self_attn.k_proj"), (1, _O))
+_APPROX_SLOTS = ((1, "self_attn.q_proj"), (1, "self_attn.k_proj"), (1, _O))  # o of block L measured no better
 APPROX_PRE_NORM = Approx(_APPROX_SLOTS, (1, _O))
 APPROX_POST_NORM = Approx(_APPROX_SLOTS, (1, _O), post_norm="post_attention_layernorm")
 _OLMO2_SITES = {  # OLMo2: no pre-norms; x += post_attn_norm(attn(x)); x += post_ff_norm(mlp(x))
@@ -290,7 +290,7 @@ def fold_target(cfg: Mapping, site_name: str) -> FoldTarget:
     arch = arch_for(cfg)
     offer = ""
     if arch.approx is not None and all(arch.bias_slot(m) != NEVER for _, m in arch.approx.slots):
-        offer = ("; or pass --approx to fit the nearest bias slots (attention of blocks L and L+1) and measure "
+        offer = ("; or pass --approx to fit the nearest bias slots (attention of block L+1) and measure "
                  "the gap, typically a few % of the steering's own KL (4-60% unfitted)")
     raise BakesteerError(f"site {site_name} cannot be baked exactly into {arch.name}: {found}; {where}{offer}.")
 

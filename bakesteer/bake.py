@@ -34,7 +34,7 @@ class ApproxOptions:
     """How an approximate bake fits and measures (see ``bakesteer.approx``)."""
 
     calib: str | None = None  # calibration text file, one passage per line; None = the built-in set
-    tokens: int = 1024  # token budget for the fit, and again for the held-out measure
+    tokens: int = 512  # token budget for the fit (the held-out measure reads up to 1024 more)
     steps: int = 60
     lr: float = 0.05
     seed: int = 0
@@ -214,15 +214,17 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
         bkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")[: -len("weight")] + "bias"
         before = p.originals.get(bkey, np.zeros(1)).astype(np.float64)
         written[(layer, module)] = torch.from_numpy(p.updates[bkey].astype(np.float64) - before).float().to(device)
-    held = ap.batches(ap.encode(tok, calib.heldout, opts.tokens), 16, device)
-    final = ap.measure(model, steers, approximated, written, held)
+    held = ap.batches(ap.encode(tok, calib.heldout, ap.HELDOUT_TOKENS), 16, device)
+    final, = ap.measure(model, steers, approximated, [written], held)
     if not np.isfinite(final.kl_hooked_baked):
         raise BakesteerError("the approximate bake gives non-finite outputs on held-out text; nothing was written.")
     record = {**fit.record(), "heldout": asdict(final), "approximated_steers": [items.index(it) for it in loose],
               "calibration": {"source": calib.source, "sha256": calib.sha256, "fit_passages": len(calib.fit),
                               "heldout_passages": len(calib.heldout), "token_budget": opts.tokens,
+                              "heldout_token_budget": ap.HELDOUT_TOKENS,
                               "seed": opts.seed},
-              "objective": "residual stream after block L+1 (mean squared error), model frozen, Adam"}
+              "objective": "residual stream after block L+1, squared error per dimension over its spread; "
+                           "model frozen, Adam"}
     return p, record, calib.heldout
 
 

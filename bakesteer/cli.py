@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="fit the nearest attention bias slots to the hooked model and record how close it is")
     g.add_argument("--calib", help="calibration text, one passage per line (default: a built-in general-text set); "
                                    "a quarter is held out to measure the result")
-    g.add_argument("--calib-tokens", type=int, default=1024, help="token budget to fit on, and to measure on (1024)")
+    g.add_argument("--calib-tokens", type=int, default=512, help="token budget to fit on (default 512)")
     g.add_argument("--fit-steps", type=int, default=60, help="Adam steps (default 60; 0 keeps the closed form)")
     g.add_argument("--fit-lr", type=float, default=0.05, help="Adam learning rate in units of each slot's scale")
     g.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the fit (default 0)")

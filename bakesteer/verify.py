@@ -167,7 +167,7 @@ def verify_approx(out_dir: Path, rec, src: Path) -> ApproxReport:
     load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()  # noqa: E731
     source, baked = load(src), load(out_dir)
     a = rec.recipe["approximation"]
-    data = batches(encode(AutoTokenizer.from_pretrained(out_dir), rec.heldout, a["calibration"]["token_budget"]),
+    data = batches(encode(AutoTokenizer.from_pretrained(out_dir), rec.heldout, a["calibration"]["heldout_token_budget"]),
                    16, "cpu")
     plain = _logprobs(source, data)
     with steering(source, rec.steers):
