@@ -78,6 +78,16 @@ def encode(tok, texts: list[str], budget: int, max_len: int = 256) -> list[list[
     return out
 
 
+def tokenized(tok, calib: Calib, tokens: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids to fit on and held-out token ids, or a refusal when there are too few."""
+    fit_ids, held_ids = encode(tok, calib.fit, tokens), encode(tok, calib.heldout, HELDOUT_TOKENS)
+    n_fit = sum(map(len, fit_ids))
+    if n_fit < MIN_FIT_TOKENS or not held_ids:
+        raise BakesteerError(f"calibration text {calib.source} gives {n_fit} tokens to fit on; give at least "
+                             f"{MIN_FIT_TOKENS} (more lines, or a larger --calib-tokens).")
+    return fit_ids, held_ids
+
+
 def batches(seqs: list[list[int]], size: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Right-padded (ids, mask) batches."""
     out = []
@@ -245,11 +255,8 @@ def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, toke
     for s in approx:
         spec, mine = approx_slots(cfg, s.site, s.layer)
         slots |= set(mine)
-    fit_ids, held_ids = encode(tok, calib.fit, tokens), encode(tok, calib.heldout, HELDOUT_TOKENS)
+    fit_ids, held_ids = tokenized(tok, calib, tokens)
     n_fit = sum(map(len, fit_ids))
-    if n_fit < MIN_FIT_TOKENS or not held_ids:
-        raise BakesteerError(f"calibration text {calib.source} gives {n_fit} tokens to fit on; give at least "
-                             f"{MIN_FIT_TOKENS} (more lines, or a larger --calib-tokens).")
     fit_data, held_data = batches(fit_ids, batch, device), batches(held_ids, batch, device)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -184,6 +184,7 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
                  progress: bool) -> tuple[Plan, dict, list[str]]:
     """Fit the slots of the non-exact items, plan the bake, and measure what is written."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import approx as ap
@@ -203,6 +204,9 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
         tok = AutoTokenizer.from_pretrained(src)
     except Exception:
         raise BakesteerError(f"{src} has no usable tokenizer; an approximate bake reads calibration text with it.")
+    ap.tokenized(tok, calib, opts.tokens)  # refuses too little text before loading the model
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device).eval()
     steers, approximated = [it.steer for it in exact], [it.steer for it in loose]
     fit = ap.fit(model, tok, steers, approximated, calib, opts.tokens, opts.steps, opts.lr, seed=opts.seed,
@@ -276,7 +280,8 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
                              disable=not progress) as pbar:
         recipe["shards"], recipe["files_left_out"] = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
         record = Record(recipe, [as_f64(it.steer.vector) for it in items], p.originals,
-                        (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None, heldout)
+                        (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None, heldout,
+                        (src / "README.md").read_bytes() if (src / "README.md").is_file() else None)
         if prev is not None:
             record = merge(prev, record)
         record.write(tmp)

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .checkpoint import INDEX, Checkpoint, Staging, copy_file, copy_other_files, link_file, patch_file, tensor_bytes
+from .card import render
 from .errors import BakesteerError
 from .progress import bar
 from .steer import Steer
@@ -22,6 +23,7 @@ from .steer import Steer
 RECIPE = "bakesteer.json"
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
 HELDOUT = "heldout.txt"
+README_ORIG = "original_README.md"
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Record:
     config: bytes  # the original config.json
     index: bytes | None = None  # the original index, if the source was sharded
     heldout: list[str] | None = None  # an approximate bake's held-out passages, so verify can re-measure
+    readme: bytes | None = None  # the source's README.md, which the written model card replaces
 
     @property
     def steers(self) -> list[Steer]:
@@ -51,7 +54,10 @@ class Record:
             (out / SIDE / "original_index.json").write_bytes(self.index)
         if self.heldout is not None:
             (out / SIDE / HELDOUT).write_text("".join(line + "\n" for line in self.heldout))
+        if self.readme is not None:
+            (out / SIDE / README_ORIG).write_bytes(self.readme)
         (out / RECIPE).write_text(json.dumps(self.recipe, indent=2) + "\n")
+        (out / "README.md").write_text(render(self.recipe))
 
 
 def has_record(folder: Path) -> bool:
@@ -70,7 +76,8 @@ def load_record(folder: str | Path) -> Record:
         originals = load_file(str(side / "original_biases.safetensors"))
         index = (side / "original_index.json").read_bytes() if (side / "original_index.json").is_file() else None
         held = (side / HELDOUT).read_text().splitlines() if (side / HELDOUT).is_file() else None
-        return Record(recipe, vectors, originals, (side / "original_config.json").read_bytes(), index, held)
+        readme = (side / README_ORIG).read_bytes() if (side / README_ORIG).is_file() else None
+        return Record(recipe, vectors, originals, (side / "original_config.json").read_bytes(), index, held, readme)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.")
 
@@ -91,7 +98,7 @@ def merge(prev: Record, new: Record) -> Record:
     recipe = {**n, "source": p["source"], "written": written, "steers": p["steers"] + n["steers"],
               "tensors_changed": changed, "tensors_added": added, "shards": shards,
               "bakes": p.get("bakes", 1) + 1}
-    return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index)
+    return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index, readme=prev.readme)
 
 
 def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool = False,
@@ -119,5 +126,7 @@ def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool 
         (tmp / "config.json").write_bytes(rec.config)
         if rec.index is not None:
             (tmp / INDEX).write_bytes(rec.index)
-        copy_other_files(baked.root, tmp, skip=set(rec.recipe["shards"]))
+        copy_other_files(baked.root, tmp, skip=set(rec.recipe["shards"]) | {"README.md"})
+        if rec.readme is not None:
+            (tmp / "README.md").write_bytes(rec.readme)
     return rec.recipe
