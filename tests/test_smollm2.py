@@ -61,3 +61,26 @@ def test_the_readme_main_job(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["verify", str(out), "-q"]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+def test_smollm2_approximate_bake_with_mlp_slots_unavailable(tmp_path, capsys):
+    """The --approx path on a real model: SmolLM2 with its MLP bias slots declared unavailable (as on Qwen3)."""
+    from bakesteer.tiny import pretend_no_mlp_bias
+
+    out = tmp_path / "approx"
+    with pretend_no_mlp_bias():
+        capsys.readouterr()
+        assert main(["bake", "--vector", "love.svec", "--layer", "8", "-o", str(out), "-q"]) == 2
+        assert "or pass --approx" in capsys.readouterr().err
+        assert main(["bake", "--vector", "love.svec", "--layer", "8", "-o", str(out), "-q", "--approx",
+                     "--fit-steps", "30"]) == 0
+        recipe = json.loads((out / "bakesteer.json").read_text())
+        a = recipe["approximation"]
+        assert recipe["exact"] is False and recipe["written"]["flags_switched_on"] == ["attention_bias"]
+        assert a["heldout"]["kl_source_hooked"] > 0.05  # the steering is visible
+        assert a["heldout"]["ratio"] < a["closed_form"]["ratio"]  # the fit beat the closed form here
+        assert a["heldout"]["ratio"] < 0.2 and a["heldout"]["top1_agreement"] > 0.8
+        capsys.readouterr()
+        assert main(["verify", str(out), "-q"]) == 0
+        assert "reproduced" in capsys.readouterr().out
+    assert "APPROXIMATE" in (out / "README.md").read_text()
