@@ -11,6 +11,7 @@ bundled Love−Hate vector, on held-out text the fit never saw:
     fit s         wall time of closed form + fit (not the held-out measure)
 
     python scripts/bench_approx.py --layers 3,5,8,10 --coefs 0.5,1 > scripts/results/bench_approx.txt
+    python scripts/bench_approx.py --unit --layers 5,10,15,20 --coefs 20,50 > scripts/results/bench_approx_unit.txt
 Goals (issue #8): median fitted gap <= 5% of the steering KL, never worse than the closed form,
 fit <= 30 s per point on a 2-core CPU.
 """
@@ -21,6 +22,7 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--unit", action="store_true", help="unit-length directions (coefficient = L2 size added)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -47,7 +50,8 @@ def main() -> None:
     vf = load_vector_file("bakesteer/data/love.svec")
     calib = read_calib(None)
     held = batches(encode(tok, calib.heldout, HELDOUT_TOKENS), 16, "cpu")
-    print(f"# bench_approx: SmolLM2-135M-Instruct fp32, MLP bias slots declared unavailable; Love-Hate resid vector")
+    print(f"# bench_approx: SmolLM2-135M-Instruct fp32, MLP bias slots declared unavailable; Love-Hate resid vector"
+          + (" as unit directions" if a.unit else " (the bundled mean differences)"))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
           f"{torch.__version__}; built-in calibration text: {len(calib.fit)} passages to fit ({a.tokens} tokens), "
           f"{len(calib.heldout)} held out ({sum(int(m.sum()) for _, m in held)} tokens); {a.steps} Adam steps")
@@ -57,7 +61,8 @@ def main() -> None:
     with pretend_no_mlp_bias():
         for layer in [int(x) for x in a.layers.split(",")]:
             for coef in [float(x) for x in a.coefs.split(",")]:
-                s = Steer("resid", layer, vf.vectors[layer], coef)
+                v = vf.vectors[layer]
+                s = Steer("resid", layer, v / np.linalg.norm(v) if a.unit else v, coef)
                 t0 = time.perf_counter()
                 f = fit(model, tok, [], [s], calib, a.tokens, a.steps, progress=False)
                 wall = time.perf_counter() - t0
