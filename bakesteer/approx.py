@@ -312,6 +312,9 @@ def fit(model, tok, steers: list[Steer], approx: list[Steer], calib: Calib, toke
     gaps = measure(model, steers, approx, [{k: v.float() for k, v in init.items()}] + ([fitted] if steps else []),
                    held_data)
     gap_closed, gap_fitted = gaps[0], (gaps[1] if steps else None)
+    if gap_fitted is not None and not np.isfinite(gap_fitted.kl_hooked_baked):
+        raise BakesteerError("the fit diverged (the fitted model gives non-finite outputs on held-out text); nothing "
+                             "was written. Lower --fit-lr or use fewer --fit-steps.")
     better = gap_fitted is not None and gap_fitted.kl_hooked_baked <= gap_closed.kl_hooked_baked
     kept = fitted if better else init
     return Fit({k: v.detach().double().cpu().numpy() for k, v in kept.items()}, "fitted" if better else "closed_form",
