@@ -15,7 +15,7 @@ from bakesteer.hooks import Steer, steering
 from bakesteer.tiny import HIDDEN, LAYERS, save_char_tokenizer, save_model
 
 CASES = [("qwen3", "resid"), ("gemma2", "resid"), ("gemma3", "resid"), ("olmo2", "resid"), ("gemma2", "mlp_in"),
-         ("olmo2", "mlp_in"), ("qwen3", "mlp_out")]
+         ("olmo2", "mlp_in"), ("qwen3", "mlp_out"), ("gemma", "resid"), ("gemma2", "mlp_out")]
 LAYER, COEF = 1, 1.0
 ARGS = ["--calib-tokens", "256", "--fit-steps", "30", "-q"]
 
