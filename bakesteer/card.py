@@ -1,49 +1,89 @@
-"""The model card (README.md) a bake writes: what was baked, exactly or how closely, and how to load it."""
+"""The model card (README.md) a bake writes and `verify` completes: recipe, figures, runtimes, unbake."""
 from __future__ import annotations
 
+import re
+
+from .portability import for_recipe, table_lines, warnings
 from .report import approx_lines
 
-RUNTIMES = {  # which runtimes read the bias tensors a bake may write (see the README's portability notes)
-    "mlp_bias": "transformers, vLLM, llama.cpp, MLX-LM and TGI read mlp_bias; SGLang ignores it",
-    "attention_bias": "transformers, vLLM, llama.cpp, MLX-LM, SGLang and TGI read attention_bias",
-}
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the bundled default model's Hub id
+TAGS = ["steering", "activation-steering", "bakesteer"]
 
 
-def _yaml_list(items: list[str]) -> str:
-    return "".join(f"\n- {i}" for i in items)
+def base_model(recipe: dict) -> str | None:
+    """The source's Hub id where the bake knows it."""
+    src = recipe["source"]
+    if src.get("hub_id"):
+        return src["hub_id"]
+    if src.get("default_model"):
+        return DEFAULT_HUB_ID
+    return None
 
 
-def render(recipe: dict) -> str:
-    """Markdown with YAML front matter, from a bake's ``bakesteer.json``."""
-    src, w = recipe["source"], recipe["written"]
-    base = src.get("hub_id") or src.get("default_model")
-    front = ["---", "library_name: transformers", f"tags:{_yaml_list(['bakesteer', 'steering', 'activation-steering'])}"]
-    if base:
-        front.append(f"base_model: {base}")
-    front.append("---")
-    exact = recipe.get("exact", True)
-    title = f"# {base or 'model'} with baked steering" + ("" if exact else " (APPROXIMATE)")
-    lines = [*front, "", title, ""]
-    if not exact:
+def front_matter(recipe: dict) -> str:
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(base_model=base_model(recipe), library_name="transformers", pipeline_tag="text-generation",
+                         tags=TAGS, base_model_relation="finetune" if base_model(recipe) else None)
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def _figures(v: dict | None, exact: bool) -> list[str]:
+    if v is None:
+        return ["Not yet verified here: run `bakesteer verify <this folder>` (it writes its figures into this card).", ""]
+    if v["kind"] == "approximate":
+        return [f"`bakesteer verify` re-measured it on {v['tokens']} held-out tokens: KL(hooked ‖ baked) = "
+                f"{v['kl_hooked_baked']:.4g} nats/token ({v['ratio']:.1%} of the steering's KL(source ‖ hooked) = "
+                f"{v['kl_source_hooked']:.4g}), top-1 agreement {v['top1_agreement']:.1%} — "
+                f"{'PASS (reproduced)' if v['passed'] else 'FAIL'}.", ""]
+    lines = [f"`bakesteer verify` ({v['dtype']}, {len(v['prompts'])} fixed prompts): "
+             f"{'PASS' if v['passed'] else 'FAIL'}", "",
+             f"| max \\|Δlogit\\| baked vs hooked | tolerance | steering effect max \\|hooked − source\\| | "
+             "KL(source ‖ baked) nats/token | greedy tokens |", "|---|---|---|---|---|",
+             f"| {v['max_abs_diff']:.3g} | {v['tolerance']:.3g} | {v['steering_effect']:.3g} | "
+             f"{v['kl_source_hooked']:.4g} | {v['greedy_tokens']} {'identical' if v['greedy_match'] else 'DIFFERENT'} |",
+             ""]
+    if v.get("sample"):
+        s = v["sample"]
+        clean = lambda t: re.sub(r"\s+", " ", t).replace("|", "\\|").strip()  # noqa: E731
+        lines += ["| prompt | source model (greedy) | this model (greedy) |", "|---|---|---|",
+                  f"| {clean(s['prompt'])} | {clean(s['source'])} | {clean(s['baked'])} |", ""]
+    return lines
+
+
+def render(recipe: dict, verification: dict | None = None, repo: str | None = None) -> str:
+    """Markdown with ModelCardData front matter, from ``bakesteer.json`` (and ``bakesteer/verify.json``).
+
+    ``repo``: the Hub id it is pushed to, for the loading example (else the folder's own name).
+    """
+    w, exact = recipe["written"], recipe.get("exact", True)
+    base = base_model(recipe)
+    name = base or recipe["source"].get("path", "model").rstrip("/").rsplit("/", 1)[-1]
+    lines = [f"# {name} with baked steering" + ("" if exact else " (APPROXIMATE)"), ""]
+    if exact:
+        lines += ["Activation steering folded into bias tensors by bakesteer: this checkpoint's outputs equal "
+                  "hook-based steering of the base model up to float rounding, with no hooks and no custom code.", ""]
+    else:
         lines += ["> **Approximate bake.** This architecture has no bias slot where the vector acts, so bakesteer "
                   "fitted the nearest slots to the hook-steered model. Measured on held-out text:", ">"]
-        lines += [f"> {line.strip()}" for line in approx_lines(recipe["approximation"])]
-        lines += [""]
-    else:
-        lines += ["The steering below is folded into bias tensors: this checkpoint's outputs equal hook-based "
-                  "steering of the base model up to float rounding (`bakesteer verify` checks it).", ""]
-    lines += ["| site | decoder block (0-based) | coefficient | vector norm | from |", "|---|---|---|---|---|"]
+        lines += [f"> {line.strip()}" for line in approx_lines(recipe["approximation"])] + [""]
+    lines += ["## Recipe", "", "| site | decoder block (0-based) | coefficient | vector norm | vector file |",
+              "|---|---|---|---|---|"]
     for s in recipe["steers"]:
-        origin = f"{s['format']} layer {s['file_layer']}" if "format" in s else "(library call)"
+        origin = f"`{s['file'].rsplit('/', 1)[-1]}` ({s['format']}, its layer {s['file_layer']})" if "file" in s \
+            else "(library call)"
         lines.append(f"| {s['site']} | {s['layer']} | {s['coef']:g} | {s['norm']:.4g} | {origin} |")
-    lines += ["", f"Written as `{(w.get('architectures') or ['?'])[0]}`"
+    lines += ["", f"Convention: {recipe['convention']}. Each row adds coefficient × vector at that site, at every "
+              "position.", "",
+              f"Written as `{(w.get('architectures') or ['?'])[0]}`"
               + (f" (relabelled from {w['relabelled_from']}, exactly equivalent)" if w["relabelled_from"] else "")
-              + (f" with {', '.join(w['flags_switched_on'])} switched on" if w["flags_switched_on"] else "") + "."]
-    for flag in w["flags_switched_on"]:
-        if flag in RUNTIMES:
-            lines.append(f"Runtimes: {RUNTIMES[flag]}.")
-    lines += ["", "It loads with no custom code:", "", "```python",
-              "from transformers import AutoModelForCausalLM", 'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")',
-              "```", "", "`bakesteer.json` records the recipe; `bakesteer unbake` restores the original weights bit for "
-              "bit.", ""]
-    return "\n".join(lines)
+              + (f" with `{'`, `'.join(w['flags_switched_on'])}` switched on" if w["flags_switched_on"] else "")
+              + ".", "", "## Verification", "", *_figures(verification, exact)]
+    family, groups = for_recipe(recipe)
+    lines += ["## Runtimes", "", *table_lines(family, groups), ""]
+    lines += [f"Warning: {x}." for x in warnings(family, groups)]
+    lines += ["", "## Use and undo", "", "```python", "from transformers import AutoModelForCausalLM",
+              f'model = AutoModelForCausalLM.from_pretrained("{repo or "path/to/this/folder"}")  # no custom code',
+              "```", "", "`bakesteer.json` and `bakesteer/` record the recipe and the original biases; "
+              "`bakesteer unbake FOLDER -o OUT` (on a local copy) restores the base model's weights bit for bit.", ""]
+    return front_matter(recipe) + "\n" + "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from .cli_eval import register as register_eval_commands
 from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
+from .portability import for_recipe, support, warnings
 from .report import approx_lines
 
 LAYER_HELP = (
@@ -66,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--new-tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
+    h = sub.add_parser("push", help="upload a baked folder to the Hugging Face Hub with its model card")
+    h.add_argument("dir", help="a folder written by `bakesteer bake`")
+    h.add_argument("--repo", required=True, help="Hub repository, user/name (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repository private")
+    h.add_argument("--revision", help="branch to push to (created if missing; default main)")
+    h.add_argument("--dry-run", action="store_true", help="print the model card and the file list; upload nothing")
+    h.add_argument("--force", action="store_true", help="push a folder that is not a bakesteer output as it is")
+    h.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    h.set_defaults(func=cmd_push)
     register_vector_commands(sub)  # extract, convert, inspect
     register_eval_commands(sub)  # compare, eval
     return p
@@ -108,6 +118,9 @@ def cmd_bake(a: argparse.Namespace) -> int:
         print(f"  architecture changed: {w['relabelled_from']} -> {w['architectures'][0]} (exactly equivalent)")
     if not recipe["exact"]:
         print("\n".join(approx_lines(recipe["approximation"])))
+    sup = support(*for_recipe(recipe))
+    print("  runtimes that read these biases: " + ", ".join(rt for rt, v in sup.items() if v == "yes")
+          + "".join(f"\n  warning: {w}." for w in warnings(*for_recipe(recipe))))
     if recipe["files_left_out"]:
         print(f"  left out (unbaked weights or folders): {', '.join(recipe['files_left_out'])}")
     print(f"next: bakesteer verify {out}")
@@ -124,9 +137,10 @@ def cmd_unbake(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .verify import verify
+    from .verify import record_verification, verify
 
     recipe, report = verify(a.dir, a.new_tokens, progress=not a.quiet)
+    record_verification(a.dir, recipe, report)
     steers = ", ".join(f"{s['site']}@{s['layer']}×{s['coef']:g}" for s in recipe["steers"])
     if not recipe.get("exact", True):
         print(f"{a.dir}: {recipe['source']['path']} + [{steers}]")
@@ -135,6 +149,19 @@ def cmd_verify(a: argparse.Namespace) -> int:
     print(f"{a.dir}: {recipe['source']['path']} + [{steers}]")
     print("\n".join(report.lines()))
     return 0 if report.passed else 1
+
+
+def cmd_push(a: argparse.Namespace) -> int:
+    from .push import push
+
+    card, files, url = push(a.dir, a.repo, a.private, a.revision, a.dry_run, a.force, progress=not a.quiet)
+    if a.dry_run:
+        print(card)
+        print(f"would upload {len(files)} file(s) to {a.repo}" + (f" (branch {a.revision})" if a.revision else "")
+              + ":\n" + "\n".join(f"  {f}" for f in files))
+        return 0
+    print(f"pushed {len(files)} file(s) from {a.dir} to {a.repo}: {url}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

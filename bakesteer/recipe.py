@@ -24,6 +24,7 @@ RECIPE = "bakesteer.json"
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
 HELDOUT = "heldout.txt"
 README_ORIG = "original_README.md"
+VERIFIED = "verify.json"  # the figures of the last `bakesteer verify`, for the model card
 
 
 @dataclass

@@ -7,6 +7,7 @@ must match. The steering must move the logits by >= 100x the tolerance, or the c
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class Report:
     greedy_match: bool
     baked_tokens: list[int] = field(default_factory=list)  # greedy continuation of the first prompt
     samples: list[str] = field(default_factory=list)  # lines showing source vs baked text, when a tokenizer exists
+    sample: dict | None = None  # the same as {"prompt", "source", "baked"} texts
 
     @property
     def tolerance(self) -> float:
@@ -182,6 +184,10 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> 
     """
     from transformers import AutoModelForCausalLM
 
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     rec = load_record(out_dir)
     recipe, steers = rec.recipe, rec.steers
     src = Path(recipe["source"]["path"])
@@ -201,4 +207,27 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> 
         show = lambda ids: repr(tok.decode(ids, skip_special_tokens=True))  # noqa: E731
         report.samples = [f"      {PROMPTS[0]!r}", f"        source: {show(plain)}",
                           f"        baked:  {show(report.baked_tokens)}"]
+        report.sample = {"prompt": PROMPTS[0], "source": tok.decode(plain, skip_special_tokens=True),
+                         "baked": tok.decode(report.baked_tokens, skip_special_tokens=True)}
     return recipe, report
+
+
+def record_verification(out_dir: str | Path, recipe: dict, report: Report | ApproxReport) -> None:
+    """Keep the figures in ``bakesteer/verify.json`` and put them into the model card (README.md)."""
+    from .card import render
+    from .recipe import SIDE, VERIFIED
+
+    out = Path(out_dir)
+    if isinstance(report, ApproxReport):
+        doc = {"kind": "approximate", "passed": report.passed, **report.measured}
+    else:
+        doc = {"kind": "exact", "passed": report.passed, "dtype": report.dtype,
+               "max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance,
+               "steering_effect": report.steering_effect, "kl_hooked_baked": report.kl_hooked_baked,
+               "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens,
+               "greedy_match": report.greedy_match, "prompts": PROMPTS[:4], "sample": report.sample}
+    try:
+        (out / SIDE / VERIFIED).write_text(json.dumps(doc, indent=2) + "\n")
+        (out / "README.md").write_text(render(recipe, doc))
+    except OSError:
+        pass  # a read-only folder: the figures were printed, the card stays as it was
