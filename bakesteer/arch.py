@@ -71,6 +71,7 @@ class Arch:
     defaults: Mapping[str, object] = field(default_factory=dict)  # config values when config.json omits them
     dims: tuple[str, str] = ("hidden_size", "num_hidden_layers")  # config names of hidden size, block count
     approx: Approx | None = None  # how a site with no exact fold is approximated on request
+    gguf: tuple[str, Mapping[str, str]] | None = None  # llama.cpp architecture name, linear -> GGUF tensor name
 
     def bias_slot(self, module: str) -> str:
         return self.linears[module]
@@ -113,6 +114,11 @@ _LLAMA_LINEARS = {
     "mlp.down_proj": "mlp_bias",
 }
 _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_LLAMA_GGUF = {  # llama.cpp creates every one of these biases as optional (TENSOR_NOT_REQUIRED)
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
 _PRE_NORM_SITES = {  # Llama-style pre-norm block: x += attn(norm1(x)); x += mlp(norm2(x))
     "attn_in": Site("input_layernorm", _QKV, "through"),
     "mlp_in": Site("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
@@ -176,7 +182,7 @@ ARCHS: dict[str, Arch] = {
             defaults={"attention_bias": True},
         ),
         Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES,
-             defaults=_NO_BIAS),
+             defaults=_NO_BIAS, gguf=("llama", _LLAMA_GGUF)),
         Arch(
             "granite", ("granite",), ("GraniteForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS,
             {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},

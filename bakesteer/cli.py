@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bakesteer", description="Bake activation-steering vectors into a checkpoint.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bake", help="fold vectors into biases and write a normal checkpoint")
-    b.add_argument("--model", help="model folder or cached Hub id (default: the bundled SmolLM2-135M-Instruct)")
+    b.add_argument("--model", help="model folder, cached Hub id, or a llama.cpp .gguf file (baked in place of its "
+                                   "quantized weights; default: the bundled SmolLM2-135M-Instruct)")
     b.add_argument("--vector", action="append", required=True,
                    help="vector file: bakesteer .svec, IBM .svec/.json, .safetensors, .npy or .pt (repeatable)")
     b.add_argument("--layer", action="append", type=_layers, required=True, help=LAYER_HELP)
@@ -93,7 +94,15 @@ def cmd_bake(a: argparse.Namespace) -> int:
     if len(coefs) not in (1, len(files)):
         raise BakesteerError(f"give one --coef for all vectors or one per --vector ({len(files)}), not {len(coefs)}.")
     coefs = coefs * len(files) if len(coefs) == 1 else coefs
-    model_dir, model_name, source_info = resolve_model(a.model)
+    gguf_in = a.model is not None and a.model.lower().endswith(".gguf")
+    if gguf_in:
+        if a.approx:
+            raise BakesteerError("--approx needs the Hugging Face checkpoint; a GGUF is baked exactly or refused.")
+        if not Path(a.model).is_file():
+            raise BakesteerError(f"GGUF file {a.model} does not exist; pass the path of a .gguf model.")
+        model_dir, model_name, source_info = Path(a.model), Path(a.model).stem, {}
+    else:
+        model_dir, model_name, source_info = resolve_model(a.model)
     items, sites = [], set()
     for vf, coef in zip(files, coefs):
         coef = coef if coef is not None else (vf.coef if vf.coef is not None else 1.0)
@@ -103,6 +112,15 @@ def cmd_bake(a: argparse.Namespace) -> int:
             items.append(Item(Steer(site, block, vec, float(coef)), origin))
     out = Path(a.output) if a.output else default_output(model_name, [f.path.stem for f in files],
                                                          "+".join(sorted(sites)), layers)
+    if gguf_in:
+        from .gguf_bake import bake_gguf
+
+        out = out if a.output else out.with_name(out.name + ".gguf")
+        recipe = bake_gguf(model_dir, items, out, force=a.force)
+        print(f"baked {len(items)} vector(s) into {model_dir} -> {out} (quantized tensors copied byte for byte)")
+        print(f"  F32 biases added: {', '.join(recipe['tensors_added']) or 'none'}"
+              + (f"; updated: {', '.join(recipe['tensors_changed'])}" if recipe["tensors_changed"] else ""))
+        return 0
     approx = ApproxOptions(a.calib, a.calib_tokens, a.fit_steps, a.fit_lr, a.seed, a.device) if a.approx else None
     recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info, link=a.link,
                   approx=approx)

@@ -13,5 +13,8 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install --quiet --no-deps repeng==0.4.0 steering-vectors==0.12.2
 "$PY" -m pip install --quiet scikit-learn
 "$PY" scripts/get_smollm2.py
+# llama.cpp, for real (the `llamacpp` extra): llama-cpp-python built from its source, whose vendored llama.cpp
+# tree also gives convert_hf_to_gguf.py and gguf-py. The build is reused when this version is installed.
+"$PY" scripts/get_llamacpp.py
 bakesteer bake --vector love.svec --layer 5 --force --quiet
 bakesteer verify exported/SmolLM2-135M-Instruct-love-resid-L5 --quiet

@@ -1,0 +1,129 @@
+"""Bake straight into a GGUF file: quantized weights stay byte for byte, F32 biases are added.
+
+llama.cpp users often have only a quantized GGUF. The fold needs a weight only for sites whose
+vector enters a linear layer (``attn_in``, ``mlp_in``); that weight alone is dequantized with the
+``gguf`` package. llama.cpp stores q/k rows permuted for its RoPE layout, and adds a bias after the
+matmul with the stored weight, so a bias computed from the stored (permuted) weight is already in
+llama.cpp's order. The recipe is kept in the file's metadata (``bakesteer.recipe``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .arch import ARCHS, Arch, check_site
+from .bake import Item, check_items
+from .errors import BakesteerError
+from .fold import direct_delta, through_delta
+from .steer import as_f64
+
+RECIPE_KEY = "bakesteer.recipe"
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise BakesteerError("baking a GGUF file needs the gguf package; `pip install gguf`.")
+    return gguf
+
+
+def gguf_arch(name: str) -> Arch:
+    for a in ARCHS.values():
+        if a.gguf and a.gguf[0] == name:
+            return a
+    known = ", ".join(a.gguf[0] for a in ARCHS.values() if a.gguf)
+    raise BakesteerError(f"GGUF architecture {name!r} is not in bakesteer's table (it bakes GGUF files of: {known}); "
+                         "bake the Hugging Face checkpoint instead and convert it with llama.cpp.")
+
+
+def _field(reader, key: str):
+    f = reader.get_field(key)
+    return f.contents() if f is not None and f.data else None
+
+
+def _dequantized(gguf, tensor) -> np.ndarray:
+    """A weight as float64 (out, in); refuses a type the gguf package cannot dequantize."""
+    try:
+        w = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except (NotImplementedError, ValueError, KeyError) as e:
+        raise BakesteerError(f"the gguf package cannot dequantize {tensor.name} ({tensor.tensor_type.name}: {e}); "
+                             "bake a GGUF with another quantization, or the Hugging Face checkpoint.")
+    return np.asarray(w, dtype=np.float64).reshape(int(tensor.shape[1]), int(tensor.shape[0]))
+
+
+def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False) -> dict:
+    """Write ``out``: ``src`` with every fold of ``items`` as added (or updated) F32 bias tensors."""
+    gguf = _gguf()
+    src, out = Path(src), Path(out)
+    if out.exists() and not force:
+        raise BakesteerError(f"{out} already exists; choose another -o or pass --force to replace it.")
+    if out.resolve() == src.resolve():
+        raise BakesteerError(f"output {out} is the input GGUF; write it somewhere else.")
+    try:
+        reader = gguf.GGUFReader(str(src))
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise BakesteerError(f"{src} is not a readable GGUF file ({type(e).__name__}); check the file.")
+    name = _field(reader, "general.architecture")
+    arch = gguf_arch(name)
+    tensors = {t.name: t for t in reader.tensors}
+    hidden, n_layers = int(_field(reader, f"{name}.embedding_length")), int(_field(reader, f"{name}.block_count"))
+    check_items(items, hidden, n_layers)
+    if _field(reader, RECIPE_KEY):
+        raise BakesteerError(f"{src} is already baked; bake the original GGUF with every vector in one run.")
+
+    biases: dict[str, np.ndarray] = {}
+    for it in items:
+        s = it.steer
+        check_site(s.site)
+        site = arch.sites[s.site]
+        for module in site.fold:
+            gname = f"blk.{s.layer}.{arch.gguf[1][module]}"
+            if site.rule == "through":
+                if f"{gname}.weight" not in tensors:
+                    raise BakesteerError(f"{src} has no tensor {gname}.weight; it is not a complete {name} GGUF.")
+                d = through_delta(_dequantized(gguf, tensors[f"{gname}.weight"]), as_f64(s.vector), s.coef, "linear")
+            else:
+                d = direct_delta(as_f64(s.vector), s.coef, 1.0)
+            biases[f"{gname}.bias"] = biases.get(f"{gname}.bias", 0) + d
+    for key, d in biases.items():  # an existing bias is updated, in float32 like the new ones
+        old = tensors.get(key)
+        if old is not None and old.tensor_type != gguf.GGMLQuantizationType.F32:
+            raise BakesteerError(f"{src} stores {key} as {old.tensor_type.name}; only F32 biases can be updated.")
+        biases[key] = (np.asarray(old.data, np.float64) + d if old is not None else d).astype(np.float32)
+
+    recipe = {"bakesteer_version": __version__, "exact": True, "source": {"path": str(src.resolve())},
+              "convention": "layer L = decoder block L (0-based); resid = residual stream after block L",
+              "steers": [{"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
+                          "norm": float(np.linalg.norm(as_f64(it.steer.vector))), **it.origin} for it in items],
+              "tensors_changed": sorted(k for k in biases if k in tensors),
+              "tensors_added": sorted(k for k in biases if k not in tensors)}
+    tmp = out.with_name(f".{out.name}.bakesteer-tmp-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        w = gguf.GGUFWriter(str(tmp), name)
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture":
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(key, field.contents(), vtype, sub_type=sub)
+        w.add_key_value(RECIPE_KEY, json.dumps(recipe), gguf.GGUFValueType.STRING)
+        for t in reader.tensors:  # every tensor's bytes as they are, quantized or not
+            if t.name in biases:
+                continue
+            w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+        for key, b in biases.items():
+            w.add_tensor(key, b)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return recipe

@@ -1,0 +1,76 @@
+"""llama.cpp as an oracle (llama-cpp-python and llama.cpp's converter): shared by tests and scripts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from bakesteer.models import cache_dir
+
+
+class MissingConverter(RuntimeError):
+    pass
+
+
+def load(path: Path):
+    """llama.cpp with an F32 KV cache: its default F16 cache alone moves SmolLM2's logits by ~9e-3."""
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2,
+                           n_batch=256, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def greedy(llm, ids: list[int], n: int = 32) -> list[int]:
+    llm.reset()
+    seq, out = list(ids), []
+    llm.eval(seq)
+    for _ in range(n):
+        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(t)
+        llm.eval([t])
+    return out
+
+
+def convert(hf_dir: Path, out: Path) -> None:
+    """llama.cpp's own convert_hf_to_gguf.py (from scripts/get_llamacpp.py), to an F32 GGUF."""
+    conv = cache_dir() / "llama.cpp" / "convert_hf_to_gguf.py"
+    if not conv.is_file():
+        raise MissingConverter(f"{conv} is missing; run scripts/get_llamacpp.py (scripts/setup.sh does)")
+    env = {**os.environ, "PYTHONPATH": f"{conv.parent / 'gguf-py'}{os.pathsep}{conv.parent}"}
+    subprocess.run([sys.executable, str(conv), str(hf_dir), "--outtype", "f32", "--outfile", str(out)],
+                   check=True, env=env, capture_output=True)
+
+
+def cvec_logits(path: Path, vec: np.ndarray, layer: int, ids: list[int]) -> np.ndarray:
+    """llama.cpp's own control-vector steering: ``vec`` added to the output of block ``layer``."""
+    llm = load(path)
+    n_embd, n_layer = llm.n_embd(), llama_cpp.llama_model_n_layer(llm.model)
+    data = np.zeros(n_embd * n_layer, dtype=np.float32)  # row il-1 holds layer il (layer 0 has none)
+    data[(layer - 1) * n_embd: layer * n_embd] = vec
+    ptr = data.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
+    assert llama_cpp.llama_apply_adapter_cvec(llm.ctx, ptr, data.size, n_embd, 1, n_layer - 1) == 0
+    return logits(llm, ids)
+
+
+def rewrite(src: Path, out: Path, replace: dict[str, np.ndarray]) -> None:
+    """``src`` with some tensors' values replaced (same names), everything else byte for byte."""
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(out), "llama")
+    for key, field in r.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            w.add_key_value(key, field.contents(), field.types[0],
+                            sub_type=field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, replace[t.name]) if t.name in replace else w.add_tensor(t.name, t.data,
+                                                                                      raw_dtype=t.tensor_type)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()

@@ -1,0 +1,157 @@
+"""llama.cpp for real (llama-cpp-python, the `llamacpp` test extra that scripts/setup.sh installs).
+
+1. A baked SmolLM2 checkpoint, converted by llama.cpp's own convert_hf_to_gguf.py, runs in llama.cpp with
+   transformers' logits.
+2. A bake straight into SmolLM2's Q4_1 GGUF equals llama.cpp's own control-vector steering of the
+   unbaked GGUF (resid), and its attn_in bias is in llama.cpp's permuted q/k order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from bakesteer.bake import Item, bake
+from bakesteer.cli import main
+from bakesteer.gguf_bake import bake_gguf
+from bakesteer.hooks import Steer, steering
+from bakesteer.models import smollm2_gguf
+from bakesteer.vectors import load_vector_file
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
+from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite  # noqa: E402
+
+PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
+LAYER = 5
+TOL = 2e-3  # fp32 llama.cpp vs transformers, max |Δlogit|
+
+
+def _love(site: str) -> Steer:
+    v = load_vector_file("love.svec").vectors[LAYER]
+    return Steer("resid", LAYER, v, 1.0) if site == "resid" else Steer(site, LAYER, v / np.linalg.norm(v), 8.0)
+
+
+@pytest.mark.parametrize("site", ["resid", "attn_in"])
+def test_converted_bake_runs_in_llamacpp(tmp_path, smollm2, smollm2_model, smollm2_tok, site):
+    steer = _love(site)
+    bake(smollm2, [Item(steer, {})], tmp_path / "baked", progress=False)
+    convert(tmp_path / "baked", tmp_path / "baked.gguf")
+    baked = AutoModelForCausalLM.from_pretrained(tmp_path / "baked", dtype=torch.float32).eval()
+    llm = load(tmp_path / "baked.gguf")
+    for p in PROMPTS:
+        ids = smollm2_tok(p)["input_ids"]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            hf = baked(x).logits[0].double().numpy()
+            plain = smollm2_model(x).logits[0].double().numpy()
+        cpp = logits(llm, ids)
+        assert np.abs(cpp - hf).max() <= TOL, np.abs(cpp - hf).max()
+        assert np.abs(hf - plain).max() >= 100 * TOL  # the steering moved the logits far beyond the tolerance
+    ids = smollm2_tok(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        hf_greedy = baked.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                   pad_token_id=0, eos_token_id=None)[0, len(ids):].tolist()
+    assert greedy(llm, ids) == hf_greedy
+
+
+def test_gguf_bake_equals_llamacpp_control_vector(tmp_path, smollm2_tok):
+    steer = _love("resid")
+    out = tmp_path / "love.gguf"
+    bake_gguf(smollm2_gguf(), [Item(steer, {})], out)
+    baked, plain = load(out), load(smollm2_gguf())
+    for p in PROMPTS:
+        ids = smollm2_tok(p)["input_ids"]
+        got = logits(baked, ids)
+        want = cvec_logits(smollm2_gguf(), (steer.coef * steer.vector).astype(np.float32), LAYER, ids)
+        tol = 1e-3 * np.abs(want).max()
+        assert np.abs(got - want).max() <= tol, (np.abs(got - want).max(), tol)
+        assert np.abs(want - logits(plain, ids)).max() >= 100 * tol
+
+
+def test_gguf_attn_in_bias_is_in_llamacpp_q_k_order(tmp_path, smollm2, smollm2_model, smollm2_tok):
+    """llama.cpp's converter stores q/k permuted for RoPE; a bias from the stored weight is in that order.
+
+    On an F32 GGUF made by llama.cpp's own converter, the GGUF bake equals transformers' hooked model; the
+    same bias in transformers' (unpermuted) q/k order is far off.
+    """
+    steer = _love("attn_in")
+    f32 = tmp_path / "f32.gguf"
+    convert(smollm2, f32)
+    right, wrong = tmp_path / "right.gguf", tmp_path / "wrong.gguf"
+    bake_gguf(f32, [Item(steer, {})], right)
+    attn, v = smollm2_model.model.layers[LAYER].self_attn, torch.from_numpy(steer.coef * steer.vector).float()
+    unpermuted = {f"blk.{LAYER}.attn_{n}.bias": (lin.weight.detach() @ v).numpy()
+                  for n, lin in (("q", attn.q_proj), ("k", attn.k_proj))}
+    rewrite(right, wrong, unpermuted)
+    right_llm, wrong_llm = load(right), load(wrong)
+    for p in PROMPTS:
+        ids = smollm2_tok(p)["input_ids"]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            base = smollm2_model(x).logits[0].double().numpy()
+            with steering(smollm2_model, [steer]):
+                hooked = smollm2_model(x).logits[0].double().numpy()
+        assert np.abs(logits(right_llm, ids) - hooked).max() <= TOL
+        assert np.abs(hooked - base).max() >= 100 * TOL
+        assert np.abs(logits(wrong_llm, ids) - hooked).max() >= 50 * TOL  # the order matters
+
+
+def test_gguf_attn_in_on_q4_1_steers_like_transformers(tmp_path, smollm2_model, smollm2_tok):
+    """On the Q4_1 file llama.cpp quantizes activations too (plain vs plain differs by ~0.7 logits), so the
+    steering effect is compared in direction: cosine with transformers' hooked effect."""
+    steer = _love("attn_in")
+    out = tmp_path / "attn.gguf"
+    bake_gguf(smollm2_gguf(), [Item(steer, {})], out)
+    plain, baked = load(smollm2_gguf()), load(out)
+    for p in PROMPTS:
+        ids = smollm2_tok(p)["input_ids"]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            base = smollm2_model(x).logits[0].double().numpy()
+            with steering(smollm2_model, [steer]):
+                d_hf = smollm2_model(x).logits[0].double().numpy() - base
+        d_cpp = logits(baked, ids) - logits(plain, ids)
+        cos = float((d_hf * d_cpp).sum() / np.linalg.norm(d_hf) / np.linalg.norm(d_cpp))
+        assert cos >= 0.95, cos
+
+
+def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
+    out = tmp_path / "o.gguf"
+    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", "love.svec", "--layer", "5", "-o", str(out),
+                 "-q"]) == 0
+    assert out.is_file() and "blk.5.ffn_down.bias" in capsys.readouterr().out
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 20)
+    import gguf
+
+    other = tmp_path / "qwen3.gguf"
+    w = gguf.GGUFWriter(str(other), "qwen3")
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    for argv, match in [
+        (["--model", str(other)], "GGUF architecture 'qwen3' is not in bakesteer's table"),
+        (["--model", str(bad)], "not a readable GGUF"),
+        (["--model", str(smollm2_gguf()), "-o", str(out)], "already exists"),
+        (["--model", str(out), "-o", str(tmp_path / "again.gguf")], "already baked"),
+    ]:
+        capsys.readouterr()
+        assert main(["bake", "--vector", "love.svec", "--layer", "5", "-q", "-o", str(tmp_path / "x.gguf"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
+
+
+def test_gguf_weight_that_cannot_be_dequantized(tmp_path, monkeypatch, capsys):
+    import gguf
+
+    def refuse(data, qtype):
+        raise NotImplementedError(f"dequantization of {qtype.name} is not implemented")
+
+    monkeypatch.setattr(gguf.quants, "dequantize", refuse)
+    out, vec = tmp_path / "o.gguf", tmp_path / "v.npy"
+    np.save(vec, np.ones(576, dtype=np.float32))
+    capsys.readouterr()
+    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", str(vec), "--layer", "5", "--site",
+                 "attn_in", "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot dequantize blk.5.attn_q.weight (Q4_1" in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
