@@ -39,7 +39,7 @@ def _figures(v: dict | None, exact: bool) -> list[str]:
     lines = [f"`bakesteer verify` ({v['dtype']}, {len(v['prompts'])} fixed prompts): "
              f"{'PASS' if v['passed'] else 'FAIL'}", "",
              f"| max \\|Δlogit\\| baked vs hooked | tolerance | steering effect max \\|hooked − source\\| | "
-             "KL(source ‖ baked) nats/token | greedy tokens |", "|---|---|---|---|---|",
+             "KL(source ‖ hooked) nats/token | greedy tokens |", "|---|---|---|---|---|",
              f"| {v['max_abs_diff']:.3g} | {v['tolerance']:.3g} | {v['steering_effect']:.3g} | "
              f"{v['kl_source_hooked']:.4g} | {v['greedy_tokens']} {'identical' if v['greedy_match'] else 'DIFFERENT'} |",
              ""]

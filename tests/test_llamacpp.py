@@ -121,6 +121,16 @@ def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
     assert main(["bake", "--model", str(smollm2_gguf()), "--vector", "love.svec", "--layer", "5", "-o", str(out),
                  "-q"]) == 0
     assert out.is_file() and "blk.5.ffn_down.bias" in capsys.readouterr().out
+    import json
+
+    import gguf
+
+    a, b = gguf.GGUFReader(str(smollm2_gguf())), gguf.GGUFReader(str(out))
+    before, after = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert set(after) - set(before) == {"blk.5.ffn_down.bias"}
+    for name, t in before.items():  # every input tensor byte for byte, its quantization untouched
+        assert after[name].tensor_type == t.tensor_type and bytes(after[name].data) == bytes(t.data), name
+    assert json.loads(b.get_field("bakesteer.recipe").contents())["steers"][0]["layer"] == 5
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 20)
     import gguf
