@@ -32,6 +32,14 @@ def _love(site: str) -> Steer:
     return Steer("resid", LAYER, v, 1.0) if site == "resid" else Steer(site, LAYER, v / np.linalg.norm(v), 8.0)
 
 
+def _hf_plain_and_hooked(model, ids: list[int], steer: Steer) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        base = model(x).logits[0].double().numpy()
+        with steering(model, [steer]):
+            return base, model(x).logits[0].double().numpy()
+
+
 @pytest.mark.parametrize("site", ["resid", "attn_in"])
 def test_converted_bake_runs_in_llamacpp(tmp_path, smollm2, smollm2_model, smollm2_tok, site):
     steer = _love(site)
@@ -87,11 +95,7 @@ def test_gguf_attn_in_bias_is_in_llamacpp_q_k_order(tmp_path, smollm2, smollm2_m
     right_llm, wrong_llm = load(right), load(wrong)
     for p in PROMPTS:
         ids = smollm2_tok(p)["input_ids"]
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            base = smollm2_model(x).logits[0].double().numpy()
-            with steering(smollm2_model, [steer]):
-                hooked = smollm2_model(x).logits[0].double().numpy()
+        base, hooked = _hf_plain_and_hooked(smollm2_model, ids, steer)
         assert np.abs(logits(right_llm, ids) - hooked).max() <= TOL
         assert np.abs(hooked - base).max() >= 100 * TOL
         assert np.abs(logits(wrong_llm, ids) - hooked).max() >= 50 * TOL  # the order matters
@@ -106,11 +110,8 @@ def test_gguf_attn_in_on_q4_1_steers_like_transformers(tmp_path, smollm2_model, 
     plain, baked = load(smollm2_gguf()), load(out)
     for p in PROMPTS:
         ids = smollm2_tok(p)["input_ids"]
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            base = smollm2_model(x).logits[0].double().numpy()
-            with steering(smollm2_model, [steer]):
-                d_hf = smollm2_model(x).logits[0].double().numpy() - base
+        base, hooked = _hf_plain_and_hooked(smollm2_model, ids, steer)
+        d_hf = hooked - base
         d_cpp = logits(baked, ids) - logits(plain, ids)
         cos = float((d_hf * d_cpp).sum() / np.linalg.norm(d_hf) / np.linalg.norm(d_cpp))
         assert cos >= 0.95, cos
