@@ -200,6 +200,8 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
         raise BakesteerError("--calib-tokens must be positive, --fit-steps non-negative and --fit-lr positive.")
     calib = ap.read_calib(opts.calib, opts.seed)
     device = "cuda" if opts.device == "auto" and torch.cuda.is_available() else opts.device.replace("auto", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BakesteerError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
     try:
         tok = AutoTokenizer.from_pretrained(src)
     except Exception:
