@@ -50,7 +50,7 @@ GGUF_ARCH = "controlvector"
 
 def read_gguf(path: Path) -> VectorFile:
     """A llama.cpp / repeng control-vector GGUF, checked as llama.cpp checks it (direction.N, F32, 1-D)."""
-    gguf = _gguf()
+    gguf = gguf_module()
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # bad magic, truncated file
@@ -76,7 +76,7 @@ def read_gguf(path: Path) -> VectorFile:
         raise BakesteerError(f"{path} is a control vector with no direction tensors; regenerate it.")
     if len({v.shape for v in vecs.values()}) > 1:
         raise BakesteerError(f"{path} mixes direction sizes; every direction must have the model's hidden size.")
-    meta = {"layer_count": _gguf_field(reader, "controlvector.layer_count"), "tensor_types": sorted(types)}
+    meta = {"layer_count": gguf_field(reader, "controlvector.layer_count"), "tensor_types": sorted(types)}
     return VectorFile(path, "gguf", vecs, "resid", 0, _gguf_str(reader, "controlvector.model_hint"), meta=meta)
 
 
@@ -242,7 +242,7 @@ def write_vectors(path: str | Path, fmt: str, site: str, blocks: dict[int, np.nd
 
 def _write_gguf(path: Path, vecs: dict[int, np.ndarray], model_hint: str) -> None:
     """The file repeng's export_gguf writes and llama.cpp's --control-vector reads."""
-    gguf = _gguf()
+    gguf = gguf_module()
     w = gguf.GGUFWriter(str(path), GGUF_ARCH)
     w.add_string(f"{GGUF_ARCH}.model_hint", model_hint)
     w.add_uint32(f"{GGUF_ARCH}.layer_count", len(vecs))
@@ -270,15 +270,15 @@ def _write_sv(path: Path, vecs: dict[int, np.ndarray], layer_type: str) -> None:
                     "layer_type": layer_type}, f)
 
 
-def _gguf():
+def gguf_module():
     try:
         import gguf
     except ImportError:
-        raise BakesteerError("reading or writing GGUF control vectors needs the gguf package; `pip install gguf`.")
+        raise BakesteerError("reading or writing GGUF files needs the gguf package; `pip install gguf`.")
     return gguf
 
 
-def _gguf_field(reader, key: str):
+def gguf_field(reader, key: str):
     f = reader.get_field(key)
     if f is None or not f.data:
         return None

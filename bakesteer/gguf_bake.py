@@ -19,17 +19,10 @@ from .arch import ARCHS, Arch, check_site
 from .bake import Item, check_items
 from .errors import BakesteerError
 from .fold import direct_delta, through_delta
+from .formats import gguf_field as _field, gguf_module
 from .steer import as_f64
 
 RECIPE_KEY = "bakesteer.recipe"
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise BakesteerError("baking a GGUF file needs the gguf package; `pip install gguf`.")
-    return gguf
 
 
 def gguf_arch(name: str) -> Arch:
@@ -39,11 +32,6 @@ def gguf_arch(name: str) -> Arch:
     known = ", ".join(a.gguf[0] for a in ARCHS.values() if a.gguf)
     raise BakesteerError(f"GGUF architecture {name!r} is not in bakesteer's table (it bakes GGUF files of: {known}); "
                          "bake the Hugging Face checkpoint instead and convert it with llama.cpp.")
-
-
-def _field(reader, key: str):
-    f = reader.get_field(key)
-    return f.contents() if f is not None and f.data else None
 
 
 def _dequantized(gguf, tensor) -> np.ndarray:
@@ -58,7 +46,7 @@ def _dequantized(gguf, tensor) -> np.ndarray:
 
 def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False) -> dict:
     """Write ``out``: ``src`` with every fold of ``items`` as added (or updated) F32 bias tensors."""
-    gguf = _gguf()
+    gguf = gguf_module()
     src, out = Path(src), Path(out)
     if out.exists() and not force:
         raise BakesteerError(f"{out} already exists; choose another -o or pass --force to replace it.")
@@ -71,7 +59,11 @@ def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike,
     name = _field(reader, "general.architecture")
     arch = gguf_arch(name)
     tensors = {t.name: t for t in reader.tensors}
-    hidden, n_layers = int(_field(reader, f"{name}.embedding_length")), int(_field(reader, f"{name}.block_count"))
+    try:
+        hidden, n_layers = int(_field(reader, f"{name}.embedding_length")), int(_field(reader, f"{name}.block_count"))
+    except (TypeError, ValueError):
+        raise BakesteerError(f"{src} lacks {name}.embedding_length or {name}.block_count; it is not a complete "
+                             f"{name} GGUF.")
     check_items(items, hidden, n_layers)
     if _field(reader, RECIPE_KEY):
         raise BakesteerError(f"{src} is already baked; bake the original GGUF with every vector in one run.")
@@ -105,25 +97,36 @@ def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike,
     tmp = out.with_name(f".{out.name}.bakesteer-tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        w = gguf.GGUFWriter(str(tmp), name)
-        for key, field in reader.fields.items():
-            if key.startswith("GGUF.") or key == "general.architecture":
-                continue
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(key, field.contents(), vtype, sub_type=sub)
-        w.add_key_value(RECIPE_KEY, json.dumps(recipe), gguf.GGUFValueType.STRING)
-        for t in reader.tensors:  # every tensor's bytes as they are, quantized or not
-            if t.name in biases:
-                continue
-            w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-        for key, b in biases.items():
-            w.add_tensor(key, b)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        write_copy(reader, tmp, biases, {RECIPE_KEY: json.dumps(recipe)})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return recipe
+
+
+def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict[str, str] | None = None) -> None:
+    """Write ``reader``'s GGUF to ``path`` with ``tensors`` replacing (or added after) its own, every other
+    tensor's bytes as they are (quantized or not), and ``strings`` added to its metadata."""
+    gguf = gguf_module()
+    w = gguf.GGUFWriter(str(path), _field(reader, "general.architecture"))
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        w.add_key_value(key, field.contents(), vtype,
+                        sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    for key, value in (strings or {}).items():
+        w.add_key_value(key, value, gguf.GGUFValueType.STRING)
+    for t in reader.tensors:
+        if t.name in tensors:
+            w.add_tensor(t.name, tensors[t.name])
+        else:
+            w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    have = {t.name for t in reader.tensors}
+    for key, value in tensors.items():
+        if key not in have:
+            w.add_tensor(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from bakesteer.gguf_bake import write_copy
 from bakesteer.models import cache_dir
 
 
@@ -64,13 +65,4 @@ def rewrite(src: Path, out: Path, replace: dict[str, np.ndarray]) -> None:
     """``src`` with some tensors' values replaced (same names), everything else byte for byte."""
     import gguf
 
-    r = gguf.GGUFReader(str(src))
-    w = gguf.GGUFWriter(str(out), "llama")
-    for key, field in r.fields.items():
-        if not key.startswith("GGUF.") and key != "general.architecture":
-            w.add_key_value(key, field.contents(), field.types[0],
-                            sub_type=field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
-    for t in r.tensors:
-        w.add_tensor(t.name, replace[t.name]) if t.name in replace else w.add_tensor(t.name, t.data,
-                                                                                      raw_dtype=t.tensor_type)
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    write_copy(gguf.GGUFReader(str(src)), out, replace)

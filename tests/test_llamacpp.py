@@ -139,8 +139,12 @@ def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
     other = tmp_path / "qwen3.gguf"
     w = gguf.GGUFWriter(str(other), "qwen3")
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    bare = tmp_path / "bare.gguf"
+    w = gguf.GGUFWriter(str(bare), "llama")
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     for argv, match in [
         (["--model", str(other)], "GGUF architecture 'qwen3' is not in bakesteer's table"),
+        (["--model", str(bare)], "lacks llama.embedding_length"),
         (["--model", str(bad)], "not a readable GGUF"),
         (["--model", str(smollm2_gguf()), "-o", str(out)], "already exists"),
         (["--model", str(out), "-o", str(tmp_path / "again.gguf")], "already baked"),
