@@ -51,6 +51,15 @@ def _figures(v: dict | None, exact: bool) -> list[str]:
     return lines
 
 
+def _origin(steer: dict) -> str:
+    """Where a recipe row's vector came from; library callers may give only part of it, or nothing."""
+    if "file" not in steer:
+        return "(library call)"
+    how = ", ".join(x for x in (steer.get("format"), f"its layer {steer['file_layer']}" if "file_layer" in steer
+                                else None) if x)
+    return f"`{steer['file'].rsplit('/', 1)[-1]}`" + (f" ({how})" if how else "")
+
+
 def render(recipe: dict, verification: dict | None = None, repo: str | None = None) -> str:
     """Markdown with ModelCardData front matter, from ``bakesteer.json`` (and ``bakesteer/verify.json``).
 
@@ -70,8 +79,7 @@ def render(recipe: dict, verification: dict | None = None, repo: str | None = No
     lines += ["## Recipe", "", "| site | decoder block (0-based) | coefficient | vector norm | vector file |",
               "|---|---|---|---|---|"]
     for s in recipe["steers"]:
-        origin = f"`{s['file'].rsplit('/', 1)[-1]}` ({s['format']}, its layer {s['file_layer']})" if "file" in s \
-            else "(library call)"
+        origin = _origin(s)
         lines.append(f"| {s['site']} | {s['layer']} | {s['coef']:g} | {s['norm']:.4g} | {origin} |")
     lines += ["", f"Convention: {recipe['convention']}. Each row adds coefficient × vector at that site, at every "
               "position.", "",

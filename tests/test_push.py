@@ -133,3 +133,17 @@ def test_smollm2_dry_run_card(tmp_path, smollm2, monkeypatch, capsys):
     assert "PASS" in body and "identical" in body and "I hate you because" in body  # figures and the sample
     assert "| SGLang | ignored |" in body and "Warning: SGLang" in body  # mlp biases: the portability table
     assert "<" not in body and "TODO" not in body  # no placeholders
+
+
+@pytest.mark.parametrize("origin, shown", [({}, "(library call)"), ({"file": "vecs/love.svec"}, "`love.svec` |"),
+                                           ({"file": "a/v.npy", "format": "npy", "file_layer": 3},
+                                            "`v.npy` (npy, its layer 3)")])
+def test_card_of_a_library_bake_names_what_it_was_given(tmp_path, origin, shown):
+    from bakesteer.bake import Item, bake
+    from bakesteer.hooks import Steer
+
+    save_model("llama", tmp_path / "src")
+    v = np.random.default_rng(0).normal(size=HIDDEN).astype(np.float32)
+    bake(tmp_path / "src", [Item(Steer("resid", 1, v, 2.0), origin)], tmp_path / "out", progress=False)
+    row = next(x for x in (tmp_path / "out" / "README.md").read_text().splitlines() if x.startswith("| resid | 1 |"))
+    assert row.endswith(shown + (" |" if not shown.endswith("|") else "")), row
