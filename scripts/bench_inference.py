@@ -201,11 +201,11 @@ def paired_table(rows: dict, live: list[str], batches: list[int], prompt: torch.
     for b in batches:
         med = {k: statistics.median(ratios[(k, b)]) for k in names}
         res = abs(1 - med["source, again"])
-        verdict = {k: "ahead" if med["baked"] - med[k] > res else "behind" if med[k] - med["baked"] > res
-                   else "within resolution" for k in HOOK_ROWS if k in med}
+        verdict = {k: "ahead of" if med["baked"] - med[k] > res else "behind" if med[k] - med["baked"] > res
+                   else "level with" for k in HOOK_ROWS if k in med}
         lines.append(f"\nbatch {b}: baked {med['baked']:.4f}× source (goal ≥ 0.99: "
-                     f"{'met' if med['baked'] >= 0.99 else 'missed'}); against the hook rows, with the control "
-                     f"row's ±{res:.4f} as resolution: " + ", ".join(f"{k} {v}" for k, v in verdict.items()) + ".")
+                     f"{'met' if med['baked'] >= 0.99 else 'missed'}); with the control row's ±{res:.4f} as "
+                     "resolution, baked is " + ", ".join(f"{v} {k}" for k, v in verdict.items()) + ".")
     return lines
 
 
