@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--layers", default="0,2,4,6,8,10,12,14,16,20,24,28")
     ap.add_argument("--coefs", default="1,2,4,8")
     ap.add_argument("--pos-layer", type=int, default=6, help="layer of the position-semantics example")
-    ap.add_argument("--pos-coef", type=float, default=4.0, help="coefficient of the position-semantics example")
+    ap.add_argument("--pos-coefs", default="1,4", help="coefficients of the position-semantics example")
+    ap.add_argument("--positions-only", action="store_true", help="write positions.md alone, skip the sweep")
     ap.add_argument("-o", "--output", default="scripts/results/wedding")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -142,6 +143,15 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     layers, coefs = ev.parse_numbers(a.layers, "layer list", int), ev.parse_numbers(a.coefs)
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = "python " + " ".join(shlex.quote(x) for x in sys.argv)
+    pos_md = "\n".join(positions_example(model, tok, ev.read_lines("prompts.txt")[:6], a.pos_layer, c)
+                       for c in ev.parse_numbers(a.pos_coefs))
+    (out / "positions.md").write_text(f"Made by `{cmd}`.\n\n" + pos_md)
+    print(pos_md)
+    if a.positions_only:
+        return
     ctx = ev.context_length(model)
     sets = {"wedding": ev.encode(tok, ev.read_lines("wedding.txt"), ctx),
             "off_topic": ev.encode(tok, ev.read_lines("offtopic.txt"), ctx)}
@@ -154,11 +164,8 @@ def main() -> None:
     result["vector"] = {"positive": POS, "negative": NEG, "method": "mean over tokens of resid, positive − negative"}
     result["relative_norm"] = {str(L): float(np.linalg.norm(vecs[L])) / resid_norm[L] for L in layers}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     md = table(result, list(sets))
-    cmd = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     (out / "table.md").write_text(
         f"Made by `{cmd}` ({result['seconds']} s, {torch.get_num_threads()} CPU threads).\n\n"
         f"Source perplexity: wedding {result['source_perplexity']['wedding']:.2f}, "
@@ -167,9 +174,6 @@ def main() -> None:
         f"over {len(prompts)} prompts in nats/token. |v|/|resid|: the vector's norm over the norm of the mean "
         "residual stream on off-topic text at that block.\n\n" + md)
     plot_sweep(result, out, [4, 8, 12, 16], "SmolLM2 weddings vector (resid)")
-    pos_md = positions_example(model, tok, ev.read_lines("prompts.txt")[:6], a.pos_layer, a.pos_coef)
-    (out / "positions.md").write_text(f"Made by `{cmd}`.\n\n" + pos_md)
-    print(pos_md)
     print(md)
     print(f"wrote {out}/sweep.json, table.md and PNGs in {result['seconds']} s")
 

@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end at their smallest size on a tiny model, so they cannot rot unseen.
+
+Their figures are not asserted (speed lives in the scripts' own output); what is asserted is what they
+must get right whatever the machine: every row ran, and every steered row generated the baked model's tokens.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bakesteer.tiny import HIDDEN, save_char_tokenizer, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+@pytest.fixture
+def tiny_llama(tmp_path) -> tuple[Path, Path]:
+    save_model("llama", tmp_path / "m")
+    save_char_tokenizer(tmp_path / "m")
+    np.save(tmp_path / "v.npy", 4 * np.random.default_rng(0).normal(size=HIDDEN).astype(np.float32))
+    return tmp_path / "m", tmp_path / "v.npy"
+
+
+def test_bench_inference_runs_every_row_and_the_steered_rows_agree(tiny_llama):
+    model, vec = tiny_llama
+    out = run_script("bench_inference.py", "--model", str(model), "--vector", str(vec), "--layers", "1-2",
+                     "--new-tokens", "4", "--repeats", "1", "--batches", "1,2")
+    rows = ("source", "baked", "bias slots alone", "bakesteer hooks", "repeng ControlModel",
+            "steering-vectors apply", "source, again")
+    generate_part, paired_part = out.split("Paired decode steps")
+    for part, names in ((generate_part, rows[:-1]), (paired_part, rows)):
+        for name in names:
+            line = next((x for x in part.splitlines() if x.startswith(f"| {name}")), None)
+            assert line is not None and "n/a" not in line and "not installed" not in line, (name, line)
+            if name in rows[3:6]:
+                assert line.endswith("| b1 yes, b2 yes |"), line
+    assert "NO" not in out
+    assert "batch 1: baked" in paired_part and "batch 2: baked" in paired_part
