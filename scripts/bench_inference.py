@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import inspect
 import platform
 import statistics
@@ -45,18 +44,21 @@ HOOK_ROWS = ("bakesteer hooks", "repeng ControlModel", "steering-vectors apply")
 SLOTS_ROW = "bias slots alone (bake at coef 0)"
 
 
-def repeng_row(source, vecs: dict[int, np.ndarray], coef: float):
-    """repeng 0.4.0 ControlModel on a copy of the source (it replaces the blocks in place)."""
+def repeng_row(source, vecs: dict[int, np.ndarray], coef: float, load):
+    """repeng 0.4.0 ControlModel on its own load of the source (it replaces the blocks in place).
+
+    A load, not a deep copy: a copy's weights sit in fresh aligned memory, which alone reads ~1.5 % faster
+    than the memory-mapped checkpoint every other row runs on."""
     np.float_ = np.float64  # repeng 0.4.0 names np.float_, removed in NumPy 2
     from repeng import ControlModel, ControlVector
 
-    cm = ControlModel(copy.deepcopy(source), sorted(vecs))
+    cm = ControlModel(load(), sorted(vecs))
     cm.set_control(ControlVector(model_type=source.config.model_type,
                                  directions={b: v.astype(np.float32) for b, v in vecs.items()}), coeff=coef)
     return cm, contextlib.nullcontext
 
 
-def steering_vectors_row(source, vecs: dict[int, np.ndarray], coef: float):
+def steering_vectors_row(source, vecs: dict[int, np.ndarray], coef: float, load):
     from steering_vectors import SteeringVector
 
     sv = SteeringVector(layer_activations={b: torch.tensor(v, dtype=torch.float32, device=source.device)
@@ -80,7 +82,7 @@ def build_rows(src_dir: Path, work: Path, vecs: dict[int, np.ndarray], coef: flo
                   "bakesteer hooks": (source, lambda: steering(source, steers))}
     for name, make in zip(HOOK_ROWS[1:], (repeng_row, steering_vectors_row)):
         try:
-            rows[name] = make(source, vecs, coef)
+            rows[name] = make(source, vecs, coef, lambda: load(src_dir))
         except ImportError as e:
             rows[name] = f"not installed ({e.name})"
     return rows
