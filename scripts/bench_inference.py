@@ -17,7 +17,7 @@ Every steered row's greedy tokens are checked against the baked model's.
 
     python scripts/bench_inference.py                       # CPU, SmolLM2-135M-Instruct, block 5
     python scripts/bench_inference.py --layers 3-16         # 14 blocks, repeng's usual many-layer style
-    python scripts/bench_inference.py --device cuda --compile   # CUDA graphs: torch.compile reduce-overhead + static cache
+    python scripts/bench_inference.py --device cuda --compile   # CUDA graphs (reduce-overhead, static cache)
 """
 from __future__ import annotations
 
@@ -217,8 +217,8 @@ def paired_table(rows: dict, live: list[str], batches: list[int], prompt: torch.
         verdict = {k: "ahead of" if med["baked"] - med[k] > res else "behind" if med[k] - med["baked"] > res
                    else "level with" for k in HOOK_ROWS if k in med}
         lines.append(f"\nbatch {b}: baked {med['baked']:.4f}× source (goal ≥ 0.99: "
-                     f"{'met' if med['baked'] >= 0.99 else 'missed'}); with the control row's worst repeat (±{res:.4f}) as "
-                     "resolution, baked is " + ", ".join(f"{v} {k}" for k, v in verdict.items()) + ".")
+                     f"{'met' if med['baked'] >= 0.99 else 'missed'}); with the control row's worst repeat "
+                     f"(±{res:.4f}) as resolution, baked is " + ", ".join(f"{v} {k}" for k, v in verdict.items()) + ".")
     return lines
 
 

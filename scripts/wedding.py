@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--layers", default="0,2,4,6,8,10,12,14,16,20,24,28")
     ap.add_argument("--coefs", default="1,2,4,8")
     ap.add_argument("--pos-layer", type=int, default=6, help="layer of the position-semantics example")
-    ap.add_argument("--pos-coefs", default="1,4", help="coefficients of the position-semantics example")
+    ap.add_argument("--pos-coefs", default="0.25,1", help="coefficients of the position-semantics example")
     ap.add_argument("--positions-only", action="store_true", help="write positions.md alone, skip the sweep")
     ap.add_argument("-o", "--output", default="scripts/results/wedding")
     a = ap.parse_args()
