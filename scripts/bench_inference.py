@@ -35,6 +35,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from bakesteer.bake import Item, bake
+from bakesteer.evaluate import parse_numbers
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import ensure_default_model
 from bakesteer.vectors import load_vector_file, pick
@@ -146,15 +147,6 @@ def paired_steps(rows: dict, names: list[str], ids: torch.Tensor, n: int) -> tup
     return spent, {k: torch.cat(v, 1).cpu() for k, v in out.items()}
 
 
-def parse_layers(text: str) -> list[int]:
-    """'5', '3,5,8' or '3-16' -> block list."""
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def generate_table(rows: dict, live: list[str], batches: list[int], prompt: torch.Tensor, a) -> list[str]:
     times: dict = {(k, b): [] for k in live for b in batches}
     tokens, status = {}, {}
@@ -182,7 +174,10 @@ def generate_table(rows: dict, live: list[str], batches: list[int], prompt: torc
                 continue
             t, t0 = statistics.median(times[(k, b)]), statistics.median(times[("source", b)])
             cells.append(f"{b * a.new_tokens / t:.1f} | {t0 / t:.3f}")
-            if k not in ("source", SLOTS_ROW):
+            if k == "baked":  # the check below means something only if the steer changed the tokens
+                moved = not torch.equal(tokens[(k, b)], tokens[("source", b)])
+                same.append(f"b{b} {'steered' if moved else 'SAME AS SOURCE'}")
+            elif k not in ("source", SLOTS_ROW):
                 same.append(f"b{b} {'yes' if torch.equal(tokens[(k, b)], tokens[('baked', b)]) else 'NO'}")
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {', '.join(same) or '–'} |")
     return lines
@@ -236,7 +231,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile reduce-overhead + static KV cache")
     a = ap.parse_args()
     src = Path(a.model) if a.model else ensure_default_model()
-    picked = pick(load_vector_file(a.vector), parse_layers(a.layers), "resid")
+    picked = pick(load_vector_file(a.vector), parse_numbers(a.layers, "layer list", int), "resid")
     vecs = {block: vec for _, block, vec in picked}
     tok = AutoTokenizer.from_pretrained(src)
     with tempfile.TemporaryDirectory() as tmp:

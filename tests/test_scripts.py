@@ -1,7 +1,8 @@
 """The benchmark scripts run end to end at their smallest size on a tiny model, so they cannot rot unseen.
 
 Their figures are not asserted (speed lives in the scripts' own output); what is asserted is what they
-must get right whatever the machine: every row ran, and every steered row generated the baked model's tokens.
+must get right whatever the machine: every row ran, the steer changed the tokens, and every hooked row
+generated the baked model's tokens.
 """
 from __future__ import annotations
 
@@ -47,5 +48,7 @@ def test_bench_inference_runs_every_row_and_the_steered_rows_agree(tiny_llama):
             assert line is not None and "n/a" not in line and "not installed" not in line, (name, line)
             if name in rows[3:6]:
                 assert line.endswith("| b1 yes, b2 yes |"), line
+    baked = next(x for x in generate_part.splitlines() if x.startswith("| baked"))
+    assert baked.endswith("| b1 steered, b2 steered |"), baked  # so "same tokens as baked" is not the source's
     assert "NO" not in out
     assert "batch 1: baked" in paired_part and "batch 2: baked" in paired_part
