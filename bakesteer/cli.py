@@ -8,6 +8,7 @@ from pathlib import Path
 from .cli_eval import register as register_eval_commands
 from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
+from .numbers import layers_arg
 from .portability import for_recipe, support, warnings
 from .report import approx_lines
 
@@ -15,17 +16,6 @@ LAYER_HELP = (
     "layer as the vector file numbers it (repeatable; '5', '4,5,6' or '4-6'): bakesteer files and raw "
     "tensors mean decoder block N (0-based); an IBM .svec key N is added to the input of block N"
 )
-
-
-def _layers(text: str) -> list[int]:
-    out = []
-    try:
-        for part in text.split(","):
-            a, _, b = part.partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list like 5, 4,5,6 or 4-6")
-    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "quantized weights; default: the bundled SmolLM2-135M-Instruct)")
     b.add_argument("--vector", action="append", required=True,
                    help="vector file: bakesteer .svec, IBM .svec/.json, .safetensors, .npy or .pt (repeatable)")
-    b.add_argument("--layer", action="append", type=_layers, required=True, help=LAYER_HELP)
+    b.add_argument("--layer", action="append", type=layers_arg, required=True, help=LAYER_HELP)
     b.add_argument("--site", help="attn_in, mlp_in, attn_out, mlp_out or resid (default: the file's, else resid)")
     b.add_argument("--coef", action="append", type=float,
                    help="coefficient per --vector, or one for all (default: the file's suggestion, else 1)")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .errors import BakesteerError
+from .numbers import parse_coefs, parse_layers
 
 EVAL_EXTRA = "pip install 'bakesteer[eval]'"
 
@@ -65,13 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(a: argparse.Namespace, many: bool):
     """(source model, tokenizer, baked model or None, hooked {block: vector}, site, coefs)."""
-    from .evaluate import parse_numbers
     from .vectors import load_vector_file, pick
 
     if a.baked is None and a.vector is None:
         raise BakesteerError("give a baked folder, or --vector with --layer(s), to compare against the source.")
-    coefs = parse_numbers(a.coefs) if a.coefs else None
-    layers = parse_numbers(a.layers, "layer list", int) if a.layers else None
+    coefs = parse_coefs(a.coefs) if a.coefs else None
+    layers = parse_layers(a.layers) if a.layers else None
     vecs, site = {}, None
     if a.vector is not None:
         if not layers:
@@ -159,7 +159,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     texts = {name: ev.read_lines(path)[:a.max_sentences] for name, path in (("on_topic", a.on), ("off_topic", a.off))
              if path}
     prompts = ev.read_lines(a.prompts, "prompt file")[:a.max_prompts] if a.max_prompts else []
-    plot_layers = ev.parse_numbers(a.plot_layers, "layer list", int) if a.plot_layers else None
+    plot_layers = parse_layers(a.plot_layers) if a.plot_layers else None
     source, tok, baked, vecs, site, coefs = _load(a, many=True)
     ctx = ev.context_length(source)
     sets = {k: ev.encode(tok, v, ctx, f"the {k} set") for k, v in texts.items()}

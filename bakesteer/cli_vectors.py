@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import BakesteerError
+from .numbers import layers_arg
 
 OUT_HELP = ("output file; its extension picks the format: .svec bakesteer, .gguf llama.cpp/repeng, "
             ".pt/.safetensors steering-vectors")
@@ -13,8 +14,6 @@ OUT_HELP = ("output file; its extension picks the format: .svec bakesteer, .gguf
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands; each sets ``func`` to a handler returning an exit code."""
-    from .cli import _layers
-
     e = sub.add_parser("extract", help="steering vectors from contrast pairs (mean difference or PCA)")
     e.add_argument("--model", help="model folder or cached Hub id (default: the bundled SmolLM2-135M-Instruct)")
     e.add_argument("--pairs", help='JSONL ({"positive": ..., "negative": ...} per line), JSON array, or CSV')
@@ -24,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--suffix", default="", help="shared text after each side (in --chat mode: the reply's start)")
     e.add_argument("--chat", action="store_true", help="render each side as a user turn with the chat template")
     e.add_argument("--site", default="resid", help="attn_in, mlp_in, attn_out, mlp_out or resid (default resid)")
-    e.add_argument("--layers", action="append", type=_layers, help="decoder blocks, e.g. 5, 4-12 (default: all)")
+    e.add_argument("--layers", action="append", type=layers_arg, help="decoder blocks, e.g. 5, 4-12 (default: all)")
     e.add_argument("--aggregate", default="last", choices=["last", "mean", "suffix"],
                    help="token reduction: last non-padding token, mean over tokens, mean over the suffix")
     e.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca_diff", "pca_center"],
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("output", help=OUT_HELP)
     c.add_argument("--to", choices=["bakesteer", "ibm", "gguf", "steering-vectors"],
                    help="output format (default: from the extension; .svec means bakesteer, --to ibm for plain IBM)")
-    c.add_argument("--layers", action="append", type=_layers, help="file keys to keep, as the input numbers them")
+    c.add_argument("--layers", action="append", type=layers_arg, help="file keys to keep, as the input numbers them")
     c.add_argument("--site", help="site of a raw tensor file (other files carry their own)")
     c.add_argument("--model", help="model folder or cached Hub id: checks sizes and records its identity")
     c.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -175,23 +175,3 @@ def sweep(model, vectors: dict[int, np.ndarray], site: str, coefs: list[float], 
         points.append({"layer": layer, "coef": c, **contrast(base, m, decode, top)})
     return {"site": site, "layers": sorted(vectors), "coefs": list(coefs), "source_perplexity": base.perplexity(),
             "points": points}
-
-
-def parse_numbers(text: str, what: str = "coefficient list", kind: type = float) -> list:
-    """'1,2,4' or '-4,-2,2' (and for integers '4-6' ranges) as a list; anything else is a one-sentence error."""
-    out: list = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            a, sep, b = part[1:].partition("-") if kind is int else ("", "", "")
-            if kind is int and sep:
-                out += list(range(int(part[0] + a), int(b) + 1))
-            else:
-                v = kind(part)
-                if kind is float and not math.isfinite(v):
-                    raise ValueError
-                out.append(v)
-    except (ValueError, IndexError):
-        example = "0,5,10 or 4-8" if kind is int else "1,2,4 or -4,-1,1,4"
-        raise BakesteerError(f"{what} {text!r} does not parse; give comma-separated numbers like {example}.")
-    return out

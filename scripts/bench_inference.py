@@ -35,7 +35,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from bakesteer.bake import Item, bake
-from bakesteer.evaluate import parse_numbers
+from bakesteer.numbers import parse_layers
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import ensure_default_model
 from bakesteer.vectors import load_vector_file, pick
@@ -231,7 +231,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile reduce-overhead + static KV cache")
     a = ap.parse_args()
     src = Path(a.model) if a.model else ensure_default_model()
-    picked = pick(load_vector_file(a.vector), parse_numbers(a.layers, "layer list", int), "resid")
+    picked = pick(load_vector_file(a.vector), parse_layers(a.layers), "resid")
     vecs = {block: vec for _, block, vec in picked}
     tok = AutoTokenizer.from_pretrained(src)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bakesteer import evaluate as ev
 from bakesteer.hooks import site_module
 from bakesteer.models import ensure_default_model
+from bakesteer.numbers import parse_coefs, parse_layers
 from bakesteer.plots import plot_sweep
 
 POS, NEG = "I talk about weddings constantly", "I do not talk about weddings constantly"
@@ -142,12 +143,12 @@ def main() -> None:
     src = ensure_default_model()
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    layers, coefs = ev.parse_numbers(a.layers, "layer list", int), ev.parse_numbers(a.coefs)
+    layers, coefs = parse_layers(a.layers), parse_coefs(a.coefs)
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     pos_md = "\n".join(positions_example(model, tok, ev.read_lines("prompts.txt")[:6], a.pos_layer, c)
-                       for c in ev.parse_numbers(a.pos_coefs))
+                       for c in parse_coefs(a.pos_coefs))
     (out / "positions.md").write_text(f"Made by `{cmd}`.\n\n" + pos_md)
     print(pos_md)
     if a.positions_only:

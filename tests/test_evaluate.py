@@ -90,12 +90,6 @@ def test_kl_contributions_sum_to_the_kl_and_promoted_tokens_gain():
     assert int(torch.argmax(gain)) == top
 
 
-@pytest.mark.parametrize("text,kind,want", [("1,2,4", float, [1.0, 2.0, 4.0]), ("-4,-0.5,2", float, [-4.0, -0.5, 2.0]),
-                                            ("0,5,10", int, [0, 5, 10]), ("4-6,9", int, [4, 5, 6, 9])])
-def test_number_lists(text, kind, want):
-    assert ev.parse_numbers(text, kind=kind) == want
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalcli")
