@@ -12,12 +12,13 @@ import numpy as np
 
 from . import __version__
 from .arch import Arch, approx_slots, arch_for, flag_on, fold_target, is_exact
-from .checkpoint import INDEX, Checkpoint, Staging, TensorSource, write_checkpoint
+from .checkpoint import INDEX, Checkpoint, TensorSource, write_checkpoint
 from .errors import BakesteerError
-from .fold import apply_delta, direct_delta, through_delta
+from .fold import apply_delta, check_cast, direct_delta, through_delta
 from .progress import bar
 from .pytorch_bin import convert_bin, is_bin_checkpoint
-from .recipe import Record, has_record, load_record, merge
+from .recipe import Record, check_untampered, has_record, load_record, merge, warn_unchecked
+from .staging import Staging
 from .steer import Steer, as_f64
 
 
@@ -94,6 +95,7 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
 
     deltas: dict[str, np.ndarray] = {}
     weights: dict[str, str] = {}  # bias key -> weight key, for dtype and placement
+    coefs: dict[str, list[float]] = {}  # bias key -> coefficients folded into it, for an overflow's message
     for it in items:
         s = it.steer
         site = arch.sites[s.site]
@@ -106,6 +108,7 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
                 d = direct_delta(as_f64(s.vector), s.coef, float(cfg[site.scale]) if site.scale else 1.0)
             deltas[bkey] = deltas.get(bkey, 0) + d
             weights[bkey] = wkey
+            coefs.setdefault(bkey, []).append(s.coef)
     for (layer, module), d in extra.items():
         wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
         bkey = wkey[: -len("weight")] + "bias"
@@ -117,6 +120,7 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
         old = ckpt.read(bkey) if bkey in ckpt.tensors else None
         dtype = old.dtype if old is not None else ckpt.tensors[weights[bkey]].np_dtype
         updates[bkey] = apply_delta(old, d, dtype)
+        check_cast(bkey, old, d, updates[bkey], coefs.get(bkey, []))
         if old is not None:
             originals[bkey] = old
     for flag in flags:  # a switched-on flag creates a bias in every block: write explicit zeros
@@ -147,12 +151,6 @@ def default_output(model_name: str, vector_names: list[str], site: str, layers: 
     return Path("exported") / f"{model_name}-{'+'.join(vector_names)}-{site}-L{ls}"
 
 
-def _check_target(src: Path, out: Path) -> None:
-    s, o = src.resolve(), out.resolve()
-    if o == s or s in o.parents:
-        raise BakesteerError(f"output {out} is inside the model folder {src}; write it somewhere else.")
-
-
 def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False,
          progress: bool = True, source_info: dict | None = None, link: bool = False,
          approx: ApproxOptions | None = None) -> dict:
@@ -164,10 +162,11 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
     ``approx``: fit the nearest slots for sites with no exact fold instead of refusing them.
     """
     src, out = Path(model_dir), Path(out)
-    _check_target(src, out)
-    staging = Staging(out, force)  # refuses an existing output before any work
     if not (src / "config.json").is_file():
         raise BakesteerError(f"{src} has no config.json; pass a Hugging Face model folder with --model.")
+    prev = load_record(src) if has_record(src) else None
+    origin = [Path(prev.recipe["source"]["path"])] if prev is not None else []
+    staging = Staging(out, force, inputs=[src, *origin])  # refuses a bad or existing output before any work
     if is_bin_checkpoint(src):  # convert to safetensors beside the output, then link from there
         conv = out.parent / f".{out.name}.bakesteer-conv-{os.getpid()}"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +176,7 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
             return _bake(Checkpoint(conv), src, items, staging, progress, info, link=True, approx=approx)
         finally:
             shutil.rmtree(conv, ignore_errors=True)
-    return _bake(Checkpoint(src), src, items, staging, progress, source_info, link, approx)
+    return _bake(Checkpoint(src), src, items, staging, progress, source_info, link, approx, prev)
 
 
 def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOptions,
@@ -235,8 +234,9 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
 
 
 def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, progress: bool,
-          source_info: dict | None, link: bool, approx: ApproxOptions | None = None) -> dict:
-    prev = load_record(src) if has_record(src) else None
+          source_info: dict | None, link: bool, approx: ApproxOptions | None = None, prev: Record | None = None) -> dict:
+    if prev is not None and not check_untampered(src, prev.recipe):
+        warn_unchecked(src)
     cfg = arch_for(ckpt.config).config(ckpt.config)
     approximation, heldout = None, None
     if approx is not None and not all(is_exact(cfg, it.steer.site) for it in items):
@@ -276,11 +276,12 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
         "tensors_added": sorted(k for k in p.updates if k not in ckpt.tensors),
     }
     index = ckpt.root / INDEX
-    copied = sum((ckpt.root / s).stat().st_size for s in ckpt.shard_meta
-                 if not link or any(ckpt.tensors[k].shard == s for k in changed))
+    copied = sum((ckpt.root / s).stat().st_size for s in ckpt.shard_meta)  # copied or linked, each hashed
     with staging as tmp, bar(total=copied, desc="writing", unit="B", unit_scale=True, unit_divisor=1024,
                              disable=not progress) as pbar:
-        recipe["shards"], recipe["files_left_out"] = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
+        written = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
+        recipe["shards"], recipe["files_left_out"], recipe["sha256"] = written.shards, written.left_out, written.sha256
+        recipe["source"]["sha256"] = written.source_sha256
         record = Record(recipe, [as_f64(it.steer.vector) for it in items], p.originals,
                         (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None, heldout,
                         (src / "README.md").read_bytes() if (src / "README.md").is_file() else None)

@@ -1,28 +1,32 @@
-"""Checkpoint I/O: read a safetensors checkpoint tensor by tensor, write an edited copy atomically.
+"""Checkpoint I/O: read a safetensors checkpoint tensor by tensor, write an edited copy.
 
-Nothing here loads a model or a whole shard. Weights are read zero-copy from a memory map. When
-writing, a shard no edit touches is copied by the kernel (or hard-linked); a shard whose existing
-tensors change is kernel-copied and then patched in place at those tensors' byte ranges (its header
-is unchanged, since only values change); tensors that did not exist go into one new shard, and the
-shards are then renumbered the Hugging Face way with an index.
+Nothing here loads a model or a whole shard. Headers are validated in full before use; weights
+are read zero-copy from a memory map. When writing, every shard is streamed once: a chunk is
+read, the byte ranges of changed tensors are replaced, and it is written, while a worker thread
+hashes what was read and what was written (or, with ``link``, an untouched shard is hard-linked
+and hashed). Tensors that did not exist go into one new shard, and the shards are then
+renumbered the Hugging Face way with an index.
 """
 from __future__ import annotations
 
-import errno
+import hashlib
 import json
+import math
 import mmap
 import os
 import shutil
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from .errors import BakesteerError
 from .fold import DTYPES
+from .paths import inside, is_regular, plain_name, regular_file
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -30,7 +34,7 @@ NAMES = {v: k for k, v in DTYPES.items()}  # numpy dtype -> safetensors dtype na
 # weights in other formats would be stale copies of the unbaked model: never carried over
 _STALE_WEIGHTS = (".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack", ".ckpt", ".safetensors")
 OWN_FILES = ("bakesteer.json", "bakesteer")
-CHUNK = 1 << 30  # per copy_file_range call: large, like cp, yet the progress bar still moves
+CHUNK = 16 << 20  # bytes per read while copying and hashing
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,51 @@ class TensorSource:
         raise NotImplementedError
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """Parse a safetensors header: (header dict, absolute offset where the data starts)."""
+# bits per element of every safetensors dtype (sub-byte types pack several elements into a byte)
+DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6,
+              "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+              "I64": 64, "U64": 64, "F64": 64, "C64": 64}
+MAX_HEADER = 100 << 20  # the safetensors format's own limit
+
+
+def _entries(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    """Every tensor entry checked as the format requires: a known dtype, a shape of non-negative ints,
+    offsets inside the data section that tile it with no gap or overlap, and bytes = elements x itemsize."""
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+                raise ValueError("__metadata__ is not a map of strings")
+            continue
+        if not isinstance(meta, dict):
+            raise ValueError(f"entry {name!r} is not an object")
+        dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+        if dtype not in DTYPE_BITS:
+            raise ValueError(f"tensor {name} has an unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"tensor {name} has an invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_len):
+            raise ValueError(f"tensor {name} has data offsets {offsets!r} outside the data section")
+        bits = math.prod(shape) * DTYPE_BITS[dtype]
+        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
+            raise ValueError(f"tensor {name} is {dtype} {shape} but holds {offsets[1] - offsets[0]} bytes")
+        out[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+    pos = 0
+    for name, (_, _, b, e) in sorted(out.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if b != pos:
+            raise ValueError(f"tensor {name} {'overlaps another' if b < pos else 'leaves a gap before it'}")
+        pos = e
+    if pos != data_len:
+        raise ValueError("the tensors do not fill the data section")
+    return out
+
+
+def read_header(path: Path) -> tuple[dict, dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+    """A safetensors header, validated entry by entry without reading any tensor data.
+
+    Returns (metadata, name -> (dtype, shape, begin, end) relative to the data section, data start).
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -83,54 +130,55 @@ def read_header(path: Path) -> tuple[dict, int]:
             if len(raw) != 8:
                 raise ValueError("shorter than 8 bytes")
             (n,) = struct.unpack("<Q", raw)
-            if n > size - 8:
+            if n > min(size - 8, MAX_HEADER):
                 raise ValueError("header length runs past the end of the file")
             header = json.loads(f.read(n))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-        for name, meta in header.items():
-            if name != "__metadata__":
-                b, e = meta["data_offsets"]
-                if not 0 <= b <= e or 8 + n + e > size:
-                    raise ValueError(f"tensor {name} runs past the end of the file")
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        entries = _entries(header, size - 8 - n)
+    except PermissionError as e:
+        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check its permissions.")
+    except OSError as e:
+        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check the file and the disk.")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BakesteerError(f"{path} is truncated or corrupt ({e}); re-download or re-save it.")
-    return header, 8 + n
+    return header.get("__metadata__") or {}, entries, 8 + n
 
 
 class Checkpoint(TensorSource):
-    """A Hugging Face model folder with safetensors weights: its config and a map of its tensors."""
+    """A Hugging Face model folder with safetensors weights: its config and a map of its tensors.
+
+    Every name the folder's index gives is checked by the path policy, and every shard header is
+    validated in full (no tensor data is read).
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.where = str(self.root)
         if not (self.root / "config.json").is_file():
             raise BakesteerError(f"{self.root} has no config.json; pass a Hugging Face model folder with --model.")
-        try:
-            self.config = json.loads((self.root / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise BakesteerError(f"{self.root / 'config.json'} is not valid JSON ({e}); fix or re-download it.")
+        self.config = read_config(self.root)
         self.tensors: dict[str, TensorInfo] = {}
         self.shard_meta: dict[str, dict] = {}
         self._maps: dict[str, mmap.mmap] = {}
         for shard in self._shard_names():
-            path = self.root / shard
-            if not path.is_file():
-                raise BakesteerError(f"{self.root} names {shard} in its index but the file is missing; re-download it.")
-            header, start = read_header(path)
-            self.shard_meta[shard] = header.get("__metadata__") or {}
-            for name, meta in header.items():
-                if name != "__metadata__":
-                    b, e = meta["data_offsets"]
-                    self.tensors[name] = TensorInfo(shard, meta["dtype"], tuple(meta["shape"]), start + b, start + e)
+            path = regular_file(self.root, shard, f"{self.root / INDEX}")
+            meta, entries, start = read_header(path)
+            self.shard_meta[shard] = meta
+            for name, (dtype, shape, b, e) in entries.items():
+                if name in self.tensors:
+                    raise BakesteerError(f"{self.root} stores tensor {name} in two shards; re-download it.")
+                self.tensors[name] = TensorInfo(shard, dtype, shape, start + b, start + e)
 
     def _shard_names(self) -> list[str]:
         if (self.root / INDEX).is_file():
             try:
                 index = json.loads((self.root / INDEX).read_text())
-                return sorted(set(index["weight_map"].values()))
-            except (OSError, ValueError, KeyError, AttributeError) as e:
-                raise BakesteerError(f"{self.root / INDEX} is not a valid index ({e}); re-download it.")
+                names = index["weight_map"].values()
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise BakesteerError(f"{self.root / INDEX} is not a valid index ({type(e).__name__}: {e}); "
+                                     "re-download it.")
+            return sorted({plain_name(n, str(self.root / INDEX)) for n in names}, key=str)
         if (self.root / SINGLE).is_file():
             return [SINGLE]
         raise BakesteerError(
@@ -153,25 +201,79 @@ class Checkpoint(TensorSource):
         return np.frombuffer(self._maps[info.shard], dtype=dtype, count=count, offset=info.start).reshape(info.shape)
 
 
-def copy_file(src: Path, dst: Path, progress=None) -> None:
-    """Copy by the kernel (copy_file_range), reporting bytes to ``progress``."""
-    with open(src, "rb") as fs, open(dst, "wb") as fd:
-        size, done = os.fstat(fs.fileno()).st_size, 0
-        os.posix_fadvise(fs.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        try:
-            while done < size:
-                n = os.copy_file_range(fs.fileno(), fd.fileno(), min(CHUNK, size - done))
-                if n == 0:
-                    raise BakesteerError(f"{src} ended early while copying; re-download it.")
-                done += n
-                if progress is not None:
-                    progress.update(n)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
-                raise
-            shutil.copyfileobj(fs, fd, CHUNK)  # file systems without copy_file_range
+def read_config(root: Path) -> dict:
+    """config.json as a dict, or one sentence saying what is wrong with it."""
+    path = root / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except PermissionError as e:
+        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check its permissions.")
+    except (OSError, ValueError) as e:
+        raise BakesteerError(f"{path} is not valid JSON ({e}); fix or re-download it.")
+    if not isinstance(cfg, dict):
+        raise BakesteerError(f"{path} holds a JSON {type(cfg).__name__}, not an object; fix or re-download it.")
+    return cfg
+
+
+def hash_file(path: Path, progress=None) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
             if progress is not None:
-                progress.update(size)
+                progress.update(len(chunk))
+    return h.hexdigest()
+
+
+def _patched(buf: bytes, pos: int, patches: list[tuple[int, bytes]]) -> bytes | bytearray:
+    """``buf`` (the file's bytes from ``pos``) with the parts of ``patches`` that fall inside it replaced."""
+    out = None
+    for off, data in patches:
+        lo, hi = max(off, pos), min(off + len(data), pos + len(buf))
+        if lo < hi:
+            out = bytearray(buf) if out is None else out
+            out[lo - pos:hi - pos] = data[lo - off:hi - off]
+    return buf if out is None else out
+
+
+def _hash_both(h_src, h_out, buf, out) -> None:
+    h_src.update(buf)
+    if h_out is not h_src:
+        h_out.update(out)
+
+
+def stream_copy(src: Path, dst: Path, patches: list[tuple[int, bytes]] = (), progress=None) -> tuple[str, str]:
+    """Copy ``src`` into the new file ``dst`` with byte ranges replaced, hashing as it goes.
+
+    Returns (sha256 of ``src``, sha256 of ``dst``). One read of the source: the hashes run on a
+    worker thread (hashlib releases the GIL) while the next chunk is read and written.
+    """
+    patches = sorted(patches)
+    h_src = hashlib.sha256()
+    h_out = hashlib.sha256() if patches else h_src
+    with open(src, "rb") as fs, open(dst, "xb") as fd, ThreadPoolExecutor(1) as pool:
+        pending, pos = None, 0
+        while buf := fs.read(CHUNK):
+            out = _patched(buf, pos, patches)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(_hash_both, h_src, h_out, buf, out)
+            fd.write(out)
+            pos += len(buf)
+            if progress is not None:
+                progress.update(len(buf))
+        if pending is not None:
+            pending.result()
+    return h_src.hexdigest(), h_out.hexdigest()
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> str:
+    """A small safetensors file (biases, vectors) created with the usual file mode; returns its sha256."""
+    data = save({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata=metadata)
+    with open(path, "xb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def link_file(src: Path, dst: Path) -> None:
@@ -182,14 +284,6 @@ def link_file(src: Path, dst: Path) -> None:
             f"cannot hard-link {src} into the output ({e.strerror}); drop --link or write the output on the same "
             "file system as the model."
         )
-
-
-def patch_file(path: Path, writes: list[tuple[int, bytes]]) -> None:
-    """Overwrite byte ranges of a file in place."""
-    with open(path, "r+b") as f:
-        for offset, data in writes:
-            f.seek(offset)
-            f.write(data)
 
 
 def tensor_bytes(t: np.ndarray) -> bytes:
@@ -205,29 +299,38 @@ def shard_names(ckpt: Checkpoint, adds_shard: bool) -> dict[str, str | None]:
     return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": s for i, s in enumerate([*old, None])}
 
 
-def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarray], config: dict,
-                     link: bool = False, progress=None) -> tuple[dict[str, str | None], list[str]]:
-    """Write ``ckpt`` with ``updates`` (existing tensors replaced, new ones added) into the empty folder ``out``.
+@dataclass
+class Written:
+    """What ``write_checkpoint`` wrote: shard names, hashes, and the source files it left out."""
 
-    Returns (output shard -> source shard, files of the source left out).
-    """
+    shards: dict[str, str | None]  # output shard -> source shard (None: the new shard of added biases)
+    sha256: dict[str, str]  # output file -> sha256 (every shard, config.json, the index)
+    source_sha256: dict[str, str]  # source shard -> sha256
+    left_out: list[str]
+
+
+def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarray], config: dict,
+                     link: bool = False, progress=None) -> Written:
+    """Write ``ckpt`` with ``updates`` (existing tensors replaced, new ones added) into the empty folder ``out``."""
     changed = {k: t for k, t in updates.items() if k in ckpt.tensors}
     added = {k: t for k, t in updates.items() if k not in ckpt.tensors}
     names = shard_names(ckpt, bool(added))
     touched: dict[str, list[tuple[int, bytes]]] = {}
     for key, t in changed.items():
         info = ckpt.tensors[key]
-        assert (info.np_dtype, info.shape) == (t.dtype, t.shape), (key, info, t.dtype, t.shape)
+        if (info.np_dtype, info.shape) != (t.dtype, t.shape):
+            raise BakesteerError(f"{ckpt.where} stores {key} as {info.dtype} {list(info.shape)}, which does not fit "
+                                 f"the model's config ({list(t.shape)}); the checkpoint does not match its config.")
         touched.setdefault(info.shard, []).append((info.start, tensor_bytes(t)))
+    sha, src_sha = {}, {}
     for new, old in names.items():
         if old is None:
-            save_file({k: np.ascontiguousarray(t) for k, t in sorted(added.items())}, str(out / new),
-                      metadata={"format": "pt"})
+            sha[new] = write_safetensors(out / new, dict(sorted(added.items())), {"format": "pt"})
         elif old in touched or not link:
-            copy_file(ckpt.root / old, out / new, progress)
-            patch_file(out / new, touched.get(old, []))
+            src_sha[old], sha[new] = stream_copy(ckpt.root / old, out / new, touched.get(old, []), progress)
         else:
             link_file(ckpt.root / old, out / new)
+            sha[new] = src_sha[old] = hash_file(out / new, progress)
     if ckpt.sharded or added:
         where = {k: i.shard for k, i in ckpt.tensors.items()}
         to_new = {old: new for new, old in names.items()}
@@ -236,79 +339,24 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarr
                                            **{k: to_new[None] for k in added}}.items()))
         total = sum(i.end - i.start for i in ckpt.tensors.values())
         total += sum(t.nbytes for t in added.values())
-        index["metadata"] = {**index.get("metadata", {}), "total_size": total}
+        index["metadata"] = {**(index.get("metadata") or {}), "total_size": total}
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        sha[INDEX] = hash_file(out / INDEX)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    sha["config.json"] = hash_file(out / "config.json")
     left_out = copy_other_files(ckpt.root, out, skip=set(ckpt.shard_meta))
-    return names, left_out
+    return Written(names, sha, src_sha, left_out)
 
 
 def copy_other_files(src: Path, out: Path, skip: set[str]) -> list[str]:
-    """Copy tokenizer, generation config and the like; leave out folders and weights in other formats."""
+    """Copy tokenizer, generation config and the like; leave out folders, weights in other formats, and
+    anything that is not a regular file inside the folder (FIFOs, devices, links that leave it)."""
     left_out = []
     for p in sorted(src.iterdir()):
         if p.name in ("config.json", INDEX, *OWN_FILES) or p.name in skip:
             continue
-        if p.is_dir() or p.name.endswith(_STALE_WEIGHTS):
+        if p.name.endswith(_STALE_WEIGHTS) or not is_regular(p) or not inside(src, p):
             left_out.append(p.name)
             continue
         shutil.copyfile(p, out / p.name)  # follows symlinks: Hub-cache blobs are copied, not linked
     return left_out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class Staging:
-    """An output folder written under a temporary name and renamed into place only when complete.
-
-    Leftovers of a killed run (``.NAME.bakesteer-tmp-PID`` with PID gone) are removed on the next run.
-    """
-
-    target: Path
-    force: bool = False
-
-    def __post_init__(self):
-        self.target = Path(self.target)
-        if self.target.exists() and not self.force:
-            raise BakesteerError(f"{self.target} already exists; choose another -o or pass --force to replace it.")
-        self.tmp = self.target.parent / f".{self.target.name}.bakesteer-tmp-{os.getpid()}"
-
-    def _clean_leftovers(self) -> None:
-        for p in self.target.parent.glob(f".{self.target.name}.bakesteer-*-*"):
-            pid = p.name.rsplit("-", 1)[1]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            if _alive(int(pid)):
-                raise BakesteerError(f"another bakesteer process (pid {pid}) is writing {self.target}; wait for it.")
-            shutil.rmtree(p, ignore_errors=True)
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self._clean_leftovers()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise BakesteerError(
-                    f"no space left on the device while writing {self.target}; free some space and run again."
-                ) from None
-            return
-        old = self.target.parent / f".{self.target.name}.bakesteer-old-{os.getpid()}"
-        if self.target.exists():
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        shutil.rmtree(old, ignore_errors=True)
-

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -138,9 +139,11 @@ def cmd_bake(a: argparse.Namespace) -> int:
 def cmd_unbake(a: argparse.Namespace) -> int:
     from .recipe import unbake
 
-    recipe = unbake(a.dir, a.output, force=a.force, link=a.link, progress=not a.quiet)
+    recipe, checked = unbake(a.dir, a.output, force=a.force, link=a.link, progress=not a.quiet)
+    how = ("every shard hashes as the source's did at bake time" if checked
+           else "not hash-checked: the bake predates recorded hashes")
     print(f"restored {recipe['source']['path']} as it was before {len(recipe['steers'])} baked vector(s) "
-          f"-> {a.output}")
+          f"-> {a.output} ({how})")
     return 0
 
 
@@ -178,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BakesteerError as e:
         print(f"bakesteer: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `bakesteer inspect ... | head`: the reader left; stop quietly as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # the environment, not the input: permissions, a full or read-only disk
+        where = f" {e.filename}" if e.filename else ""
+        print(f"bakesteer: error: cannot access{where} ({e.strerror or type(e).__name__}); check the path, its "
+              "permissions and the free disk space.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bakesteer: interrupted; no output was left behind.", file=sys.stderr)

@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 
 from .arch import Layout
+from .errors import BakesteerError
 
 ROWS_BYTES = 32 << 20  # float64 working set per chunk of weight rows
 DTYPES = {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -52,3 +53,23 @@ def apply_delta(bias: np.ndarray | None, delta: np.ndarray, dtype: np.dtype) -> 
     if np.dtype(dtype).itemsize == 2:
         total = total.astype(np.float32)
     return total.astype(dtype)
+
+
+def _finfo_max(dtype: np.dtype) -> float:
+    return float(ml_dtypes.finfo(dtype).max if dtype == DTYPES["BF16"] else np.finfo(dtype).max)
+
+
+def check_cast(key: str, bias: np.ndarray | None, delta: np.ndarray, new: np.ndarray, coefs: list[float]) -> None:
+    """Refuse a folded bias that is not finite in its dtype, naming the largest coefficient that fits."""
+    if np.isfinite(new.astype(np.float64)).all():
+        return
+    top = _finfo_max(new.dtype)
+    base = np.zeros_like(delta) if bias is None else np.abs(bias.astype(np.float64))
+    grow = np.abs(delta)
+    scale = float(np.min(np.where(grow > 0, np.maximum(top - base, 0) / np.where(grow > 0, grow, 1), np.inf)))
+    scale *= 0.99  # margin for rounding in the cast
+    fits = (f"the largest coefficient that fits is about {abs(coefs[0]) * scale:.3g}" if len(coefs) == 1
+            else f"scale the coefficients down by a factor of at least {1 / scale:.3g}" if scale > 0
+            else "the bias is already at the dtype's limit")
+    raise BakesteerError(f"the folded bias {key} overflows {new.dtype} (largest finite value {top:.4g}); {fits}, "
+                         "so pass a smaller --coef or a smaller vector.")

@@ -9,7 +9,6 @@ llama.cpp's order. The recipe is kept in the file's metadata (``bakesteer.recipe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,10 @@ from . import __version__
 from .arch import ARCHS, Arch, check_site
 from .bake import Item, check_items
 from .errors import BakesteerError
-from .fold import direct_delta, through_delta
+from .fold import check_cast, direct_delta, through_delta
 from .formats import gguf_field as _field, gguf_module
+from .paths import is_regular
+from .staging import Staging
 from .steer import as_f64
 
 RECIPE_KEY = "bakesteer.recipe"
@@ -48,14 +49,8 @@ def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike,
     """Write ``out``: ``src`` with every fold of ``items`` as added (or updated) F32 bias tensors."""
     gguf = gguf_module()
     src, out = Path(src), Path(out)
-    if out.exists() and not force:
-        raise BakesteerError(f"{out} already exists; choose another -o or pass --force to replace it.")
-    if out.resolve() == src.resolve():
-        raise BakesteerError(f"output {out} is the input GGUF; write it somewhere else.")
-    try:
-        reader = gguf.GGUFReader(str(src))
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise BakesteerError(f"{src} is not a readable GGUF file ({type(e).__name__}); check the file.")
+    staging = Staging(out, force, inputs=[src], kind="file", is_ours=is_baked_gguf)
+    reader = open_gguf(src)
     name = _field(reader, "general.architecture")
     arch = gguf_arch(name)
     tensors = {t.name: t for t in reader.tensors}
@@ -86,7 +81,9 @@ def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike,
         old = tensors.get(key)
         if old is not None and old.tensor_type != gguf.GGMLQuantizationType.F32:
             raise BakesteerError(f"{src} stores {key} as {old.tensor_type.name}; only F32 biases can be updated.")
-        biases[key] = (np.asarray(old.data, np.float64) + d if old is not None else d).astype(np.float32)
+        base = np.asarray(old.data, np.float64) if old is not None else None
+        biases[key] = (base + d if base is not None else d).astype(np.float32)
+        check_cast(key, base, d, biases[key], [it.steer.coef for it in items])
 
     recipe = {"bakesteer_version": __version__, "exact": True, "source": {"path": str(src.resolve())},
               "convention": "layer L = decoder block L (0-based); resid = residual stream after block L",
@@ -94,14 +91,28 @@ def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike,
                           "norm": float(np.linalg.norm(as_f64(it.steer.vector))), **it.origin} for it in items],
               "tensors_changed": sorted(k for k in biases if k in tensors),
               "tensors_added": sorted(k for k in biases if k not in tensors)}
-    tmp = out.with_name(f".{out.name}.bakesteer-tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with staging as tmp:
         write_copy(reader, tmp, biases, {RECIPE_KEY: json.dumps(recipe)})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return recipe
+
+
+def open_gguf(path: Path):
+    """A GGUFReader over ``path``, or one sentence saying why it cannot be read."""
+    gguf = gguf_module()
+    if not is_regular(path):
+        raise BakesteerError(f"{path} is not a GGUF file; pass the path of a .gguf model.")
+    try:
+        return gguf.GGUFReader(str(path))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise BakesteerError(f"{path} is not a readable GGUF file ({type(e).__name__}); check the file.")
+
+
+def is_baked_gguf(path: Path) -> bool:
+    """A GGUF file this command wrote (its metadata holds a bakesteer recipe)."""
+    try:
+        return bool(_field(gguf_module().GGUFReader(str(path)), RECIPE_KEY))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, BakesteerError):
+        return False
 
 
 def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict[str, str] | None = None) -> None:

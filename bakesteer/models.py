@@ -47,7 +47,7 @@ def ensure_default_model(quiet: bool = False) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .checkpoint import Staging
+    from .staging import Staging
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -59,7 +59,11 @@ def ensure_default_model(quiet: bool = False) -> Path:
     plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(cfg), dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
     plain.generation_config = quantized.generation_config
-    with Staging(out, force=True) as tmp:
+    if out.is_dir() and not out.is_symlink():  # an incomplete conversion in bakesteer's own cache
+        import shutil
+
+        shutil.rmtree(out)
+    with Staging(out) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out

@@ -5,62 +5,106 @@ from pathlib import Path
 
 from .card import render
 from .errors import BakesteerError
+from .paths import inside
 from .recipe import RECIPE, SIDE, VERIFIED, has_record, load_record
 
 
-def card_for(folder: Path, repo: str | None = None, verify_first: bool = True, progress: bool = False) -> str:
-    """The model card with the verify figures; runs `verify` first when the folder has none yet."""
+def card_for(folder: Path, repo: str | None = None, verify_first: bool = True, progress: bool = False,
+             record: bool = True) -> str:
+    """The model card with the verify figures; runs `verify` first when the folder has none yet.
+
+    ``record``: keep the figures in the folder (``verify.json`` and README.md); a dry run writes nothing.
+    """
     import json
+
+    from .verify import record_verification, verification_doc, verify
 
     rec = load_record(folder)
     done = folder / SIDE / VERIFIED
-    if not done.is_file() and verify_first:
-        from .verify import record_verification, verify
-
-        recipe, report = verify(folder, progress=progress)
-        record_verification(folder, recipe, report)
     verification = json.loads(done.read_text()) if done.is_file() else None
+    if verification is None and verify_first:
+        recipe, report = verify(folder, progress=progress)
+        if record:
+            record_verification(folder, recipe, report)
+            verification = json.loads(done.read_text()) if done.is_file() else None
+        else:
+            verification = verification_doc(report)
     return render(rec.recipe, verification, repo)
 
 
 def files_to_push(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    """Every file under ``folder``; a symlink that leaves it is refused (it would upload a file from elsewhere)."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not inside(folder, path):
+            raise BakesteerError(f"{path} is a symlink to a file outside {folder}, which push would upload; copy the "
+                                 "file in or remove the link.")
+        if path.is_file():
+            files.append(str(path.relative_to(folder)))
+    return files
+
+
+def _check_repo_id(repo: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if repo.count("/") != 1:
+            raise HFValidationError("not of the form user/name")
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise BakesteerError(f"--repo {repo!r} is not a Hub id like user/name (letters, digits, '-', '_', '.'); give "
+                             "the repository to push to.") from None
+
+
+def _network_error(e: Exception) -> bool:
+    """An error of the HTTP stack underneath huggingface_hub: the Hub could not be reached."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
 
 
 def push(folder: str | Path, repo: str, private: bool = False, revision: str | None = None, dry_run: bool = False,
          force: bool = False, progress: bool = True) -> tuple[str, list[str], str | None]:
-    """Write the card, then create the repo (if needed) and upload the folder. Returns (card, files, url)."""
+    """Write the card, then create the repo (if needed) and upload the folder. Returns (card, files, url).
+
+    A dry run writes nothing, locally or on the Hub.
+    """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
     if not folder.is_dir():
         raise BakesteerError(f"{folder} is not a folder; give a folder written by `bakesteer bake`.")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise BakesteerError(f"--repo {repo!r} is not a Hub id like user/name; give the repository to push to.")
+    _check_repo_id(repo)
     baked = has_record(folder)
     if not baked and not force:
         raise BakesteerError(f"{folder} has no {RECIPE}, so it is not a bakesteer output; bake it first, or pass "
                              "--force to push it as it is.")
+    files = files_to_push(folder)
     token = None if dry_run else get_token()
     if not dry_run and not token:
         raise BakesteerError("no Hugging Face token found; log in with `hf auth login` (or set HF_TOKEN) and push again.")
     if baked:
-        card = card_for(folder, repo, progress=progress)
+        card = card_for(folder, repo, progress=progress, record=not dry_run)
     else:  # --force on a folder that is not a bake: pushed as it is
         card = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
     if dry_run:
-        return card, files_to_push(folder), None
+        return card, files, None
     if baked:
         (folder / "README.md").write_text(card)
+        files = files_to_push(folder)
     api = HfApi(token=token)
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo, branch=revision, exist_ok=True)
-        info = api.upload_folder(repo_id=repo, folder_path=str(folder), revision=revision,
+        info = api.upload_folder(repo_id=repo, folder_path=str(folder), revision=revision, allow_patterns=files,
                                  commit_message="Upload a bakesteer bake")
     except HfHubHTTPError as e:
         raise BakesteerError(f"the Hub refused the upload to {repo} ({str(e).splitlines()[0]}); check the name and "
                              "your token's write access.")
-    return card, files_to_push(folder), getattr(info, "commit_url", None) or str(info)
+    except Exception as e:
+        if not _network_error(e):
+            raise
+        raise BakesteerError(f"the Hub could not be reached ({type(e).__name__}); check your network connection "
+                             "and push again.") from None
+    return card, files, getattr(info, "commit_url", None) or str(info)

@@ -1,30 +1,41 @@
 """The record a bake leaves in its output, composition of bakes, and unbake.
 
-``bakesteer.json`` says what was done; the ``bakesteer/`` folder keeps what is needed to check and
-undo it: the vectors as baked, every changed bias's value before any bake, and the original
-config and index. Baking onto a baked folder merges the records, so one unbake always returns
-to the original source, bit for bit.
+``bakesteer.json`` says what was done and the sha256 of every file the bake wrote (and of the
+source's shards); the ``bakesteer/`` folder keeps what is needed to check and undo it: the
+vectors as baked, every changed bias's value before any bake, and the original config and index.
+Baking onto a baked folder merges the records, so one unbake always returns to the original
+source, bit for bit. A record comes from a file that may have been downloaded: every name in it
+passes the path policy, and a folder whose files no longer hash as recorded is refused.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
-from .checkpoint import INDEX, Checkpoint, Staging, copy_file, copy_other_files, link_file, patch_file, tensor_bytes
+from .arch import SITES
 from .card import render
+from .checkpoint import (INDEX, Checkpoint, copy_other_files, hash_file, link_file, stream_copy, tensor_bytes,
+                         write_safetensors)
 from .errors import BakesteerError
+from .paths import plain_name, regular_file
 from .progress import bar
+from .staging import RECIPE_FILE, Staging
 from .steer import Steer
 
-RECIPE = "bakesteer.json"
+RECIPE = RECIPE_FILE
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
 HELDOUT = "heldout.txt"
 README_ORIG = "original_README.md"
 VERIFIED = "verify.json"  # the figures of the last `bakesteer verify`, for the model card
+_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -46,10 +57,9 @@ class Record:
         (out / SIDE).mkdir()
         for i, s in enumerate(self.recipe["steers"]):
             s["vector"] = f"steer.{i}"
-        save_file({f"steer.{i}": np.array(v, dtype=np.float64) for i, v in enumerate(self.vectors)},
-                  str(out / SIDE / "vectors.safetensors"))
-        save_file({k: np.ascontiguousarray(v) for k, v in self.originals.items()},
-                  str(out / SIDE / "original_biases.safetensors"))
+        write_safetensors(out / SIDE / "vectors.safetensors",
+                          {f"steer.{i}": np.array(v, dtype=np.float64) for i, v in enumerate(self.vectors)})
+        write_safetensors(out / SIDE / "original_biases.safetensors", self.originals)
         (out / SIDE / "original_config.json").write_bytes(self.config)
         if self.index is not None:
             (out / SIDE / "original_index.json").write_bytes(self.index)
@@ -65,22 +75,87 @@ def has_record(folder: Path) -> bool:
     return (Path(folder) / RECIPE).is_file()
 
 
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _hashes(value, what: str) -> None:
+    _need(isinstance(value, dict), f"{what} is not a map")
+    for name, sha in value.items():
+        plain_name(name, what)
+        _need(isinstance(sha, str) and _SHA.fullmatch(sha) is not None, f"{what} has a malformed hash for {name}")
+
+
+def check_recipe(recipe, where: str) -> None:
+    """Every field a reader of the recipe relies on, with its type; every file name by the path policy."""
+    _need(isinstance(recipe, dict), "it is not a JSON object")
+    steers = recipe.get("steers")
+    _need(isinstance(steers, list) and len(steers) > 0, "'steers' is not a non-empty list")
+    for s in steers:
+        _need(isinstance(s, dict) and s.get("site") in SITES, "a steer has no known site")
+        _need(type(s.get("layer")) is int and s["layer"] >= 0, "a steer's layer is not a block number")
+        _need(type(s.get("coef")) in (int, float) and math.isfinite(s["coef"]), "a steer's coef is not a number")
+        _need(isinstance(s.get("vector"), str), "a steer names no vector")
+    shards = recipe.get("shards")
+    _need(isinstance(shards, dict) and len(shards) > 0, "'shards' is not a map of file names")
+    for out, orig in shards.items():
+        plain_name(out, f"{where} 'shards'")
+        if orig is not None:
+            plain_name(orig, f"{where} 'shards'")
+    for key in ("tensors_changed", "tensors_added"):
+        _need(isinstance(recipe.get(key), list) and all(isinstance(k, str) for k in recipe[key]),
+              f"'{key}' is not a list of tensor names")
+    src, written = recipe.get("source"), recipe.get("written")
+    _need(isinstance(src, dict) and isinstance(src.get("path"), str), "'source' has no path")
+    _need(isinstance(written, dict) and isinstance(written.get("flags_switched_on"), list), "'written' is malformed")
+    for hashes, what in ((recipe.get("sha256"), f"{where} 'sha256'"), (src.get("sha256"), f"{where} 'source.sha256'")):
+        if hashes is not None:
+            _hashes(hashes, what)
+
+
 def load_record(folder: str | Path) -> Record:
     out = Path(folder)
     if not has_record(out):
         raise BakesteerError(f"{out} has no {RECIPE}; give a folder written by `bakesteer bake`.")
     side = out / SIDE
+    optional = lambda name: side / name if (side / name).is_file() else None  # noqa: E731
     try:
-        recipe = json.loads((out / RECIPE).read_text())
-        vecs = load_file(str(side / "vectors.safetensors"))
+        recipe = json.loads(regular_file(out, RECIPE, str(out)).read_text())
+        check_recipe(recipe, str(out / RECIPE))
+        vecs = load_file(str(regular_file(side, "vectors.safetensors", str(out / RECIPE))))
         vectors = [vecs[s["vector"]] for s in recipe["steers"]]
-        originals = load_file(str(side / "original_biases.safetensors"))
-        index = (side / "original_index.json").read_bytes() if (side / "original_index.json").is_file() else None
-        held = (side / HELDOUT).read_text().splitlines() if (side / HELDOUT).is_file() else None
-        readme = (side / README_ORIG).read_bytes() if (side / README_ORIG).is_file() else None
-        return Record(recipe, vectors, originals, (side / "original_config.json").read_bytes(), index, held, readme)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.")
+        _need(all(v.ndim == 1 and v.dtype == np.float64 and np.isfinite(v).all() for v in vectors)
+              and len({v.shape for v in vectors}) == 1, "a vector is not a finite float64 [hidden] array")
+        originals = load_file(str(regular_file(side, "original_biases.safetensors", str(out / RECIPE))))
+        _need(set(originals) <= set(recipe["tensors_changed"]), "an original bias is of a tensor the bake did not change")
+        config = regular_file(side, "original_config.json", str(out / RECIPE)).read_bytes()
+        index = optional("original_index.json")
+        held, readme = optional(HELDOUT), optional(README_ORIG)
+        return Record(recipe, vectors, originals, config, index.read_bytes() if index else None,
+                      held.read_text().splitlines() if held else None, readme.read_bytes() if readme else None)
+    except BakesteerError as e:
+        raise BakesteerError(f"{out}'s bake record is damaged: {str(e)[0].lower()}{str(e)[1:]}") from None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, SafetensorError) as e:
+        raise BakesteerError(f"{out}'s bake record is damaged ({type(e).__name__}: {e}); bake it again.") from None
+
+
+def check_untampered(folder: Path, recipe: dict) -> bool:
+    """Every file the bake wrote still hashes as recorded (False: the bake predates hashes; nothing checked)."""
+    hashes = recipe.get("sha256")
+    if hashes is None:
+        return False
+    for name, sha in hashes.items():
+        path = regular_file(folder, name, f"{folder / RECIPE}")
+        if hash_file(path) != sha:
+            raise BakesteerError(f"this folder was changed after the bake: {path} is not the file the bake wrote; "
+                                 "bake it again from the source.")
+    return True
+
+
+def warn_unchecked(folder: Path) -> None:
+    print(f"bakesteer: warning: {folder} was baked before bakesteer recorded hashes, so it cannot be checked for "
+          "changes made after the bake.", file=sys.stderr)
 
 
 def merge(prev: Record, new: Record) -> Record:
@@ -102,32 +177,66 @@ def merge(prev: Record, new: Record) -> Record:
     return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index, readme=prev.readme)
 
 
-def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool = False,
-           progress: bool = False) -> dict:
-    """Restore the original source of a baked folder: every tensor and the config bit for bit."""
-    rec = load_record(folder)
-    baked = Checkpoint(folder)
+def _damaged(folder, what: str) -> BakesteerError:
+    return BakesteerError(f"{folder}'s bake record is damaged ({what}); it cannot be unbaked, so bake again.")
+
+
+def _unbake_patches(rec: Record, baked: Checkpoint, folder) -> dict[str, list[tuple[int, bytes]]]:
+    """Per baked shard, the byte ranges that get their original values back."""
+    shards = rec.recipe["shards"]
+    if set(shards) != set(baked.shard_meta):
+        raise _damaged(folder, "its shards are not the ones the record names")
     missing = [k for k in rec.recipe["tensors_changed"] if k not in rec.originals]
     if missing:
-        raise BakesteerError(f"{folder}'s record lacks the original values of {missing[0]}; it cannot be unbaked.")
-    patches = {name: [(baked.tensors[k].start, tensor_bytes(v)) for k, v in rec.originals.items()
-                      if baked.tensors[k].shard == name] for name in rec.recipe["shards"]}
-    size = sum((baked.root / n).stat().st_size for n, o in rec.recipe["shards"].items()
-               if o is not None and (patches[n] or not link))
-    with Staging(Path(out), force) as tmp, bar(total=size, desc="writing", unit="B", unit_scale=True,
-                                                unit_divisor=1024, disable=not progress) as pbar:
-        for name, orig in rec.recipe["shards"].items():
+        raise _damaged(folder, f"the original value of {missing[0]} is missing")
+    patches: dict[str, list[tuple[int, bytes]]] = {name: [] for name in shards}
+    for k, v in rec.originals.items():
+        info = baked.tensors.get(k)
+        if info is None or (info.np_dtype, info.shape) != (v.dtype, v.shape) or shards[info.shard] is None:
+            raise _damaged(folder, f"the original value of {k} does not fit the baked tensor")
+        patches[info.shard].append((info.start, tensor_bytes(v)))
+    return patches
+
+
+def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool = False,
+           progress: bool = False) -> tuple[dict, bool]:
+    """Restore the original source of a baked folder: every tensor and the config bit for bit.
+
+    Returns (recipe, checked): ``checked`` when every restored shard hashes as the source did at bake
+    time. A folder changed after the bake is refused, and nothing is written.
+    """
+    folder = Path(folder)
+    rec = load_record(folder)
+    baked = Checkpoint(folder)
+    patches = _unbake_patches(rec, baked, folder)
+    shards, wrote = rec.recipe["shards"], rec.recipe.get("sha256")
+    source_sha = rec.recipe["source"].get("sha256") or {}
+    if wrote is None:
+        warn_unchecked(folder)
+    else:  # the small files now; each shard while it is copied, so the bake is read once
+        check_untampered(folder, {"sha256": {n: h for n, h in wrote.items() if n not in shards}})
+    size = sum((baked.root / n).stat().st_size for n, o in shards.items() if o is not None)
+    with Staging(Path(out), force, inputs=[folder]) as tmp, bar(total=size, desc="writing", unit="B",
+                                                                 unit_scale=True, unit_divisor=1024,
+                                                                 disable=not progress) as pbar:
+        for name, orig in shards.items():
             if orig is None:
                 continue  # the shard that holds only biases the bake added
             if patches[name] or not link:
-                copy_file(baked.root / name, tmp / orig, pbar)
-                patch_file(tmp / orig, patches[name])
+                had, restored = stream_copy(baked.root / name, tmp / orig, patches[name], pbar)
             else:
                 link_file(baked.root / name, tmp / orig)
+                had = restored = hash_file(tmp / orig, pbar)
+            if wrote is not None and wrote.get(name) != had:
+                raise BakesteerError(f"this folder was changed after the bake: {baked.root / name} is not the file "
+                                     "the bake wrote; bake it again from the source.")
+            if orig in source_sha and source_sha[orig] != restored:
+                raise _damaged(folder, f"the restored {orig} does not hash as the source's did at bake time")
         (tmp / "config.json").write_bytes(rec.config)
         if rec.index is not None:
             (tmp / INDEX).write_bytes(rec.index)
-        copy_other_files(baked.root, tmp, skip=set(rec.recipe["shards"]) | {"README.md"})
+        copy_other_files(baked.root, tmp, skip=set(shards) | {"README.md"})
         if rec.readme is not None:
             (tmp / "README.md").write_bytes(rec.readme)
-    return rec.recipe
+    checked = bool(source_sha) and all(o in source_sha for o in shards.values() if o is not None)
+    return rec.recipe, checked

@@ -212,20 +212,24 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> 
     return recipe, report
 
 
+def verification_doc(report: Report | ApproxReport) -> dict:
+    """The figures of a verification, as ``verify.json`` and the model card keep them."""
+    if isinstance(report, ApproxReport):
+        return {"kind": "approximate", "passed": report.passed, **report.measured}
+    return {"kind": "exact", "passed": report.passed, "dtype": report.dtype,
+            "max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance,
+            "steering_effect": report.steering_effect, "kl_hooked_baked": report.kl_hooked_baked,
+            "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens,
+            "greedy_match": report.greedy_match, "prompts": PROMPTS[:4], "sample": report.sample}
+
+
 def record_verification(out_dir: str | Path, recipe: dict, report: Report | ApproxReport) -> None:
     """Keep the figures in ``bakesteer/verify.json`` and put them into the model card (README.md)."""
     from .card import render
     from .recipe import SIDE, VERIFIED
 
     out = Path(out_dir)
-    if isinstance(report, ApproxReport):
-        doc = {"kind": "approximate", "passed": report.passed, **report.measured}
-    else:
-        doc = {"kind": "exact", "passed": report.passed, "dtype": report.dtype,
-               "max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance,
-               "steering_effect": report.steering_effect, "kl_hooked_baked": report.kl_hooked_baked,
-               "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens,
-               "greedy_match": report.greedy_match, "prompts": PROMPTS[:4], "sample": report.sample}
+    doc = verification_doc(report)
     try:
         (out / SIDE / VERIFIED).write_text(json.dumps(doc, indent=2) + "\n")
         (out / "README.md").write_text(render(recipe, doc))

@@ -112,25 +112,30 @@ def test_corrupt_checkpoint(tmp_path, llama_dir, capsys):
              "truncated or corrupt", tmp_path / "o", tmp_path)
 
 
-def test_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path, llama_dir, capsys):
+def test_existing_output_is_refused_without_force_and_force_replaces_only_a_bake(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    argv = ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(out)]
+    argv = ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(out), "-q"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "--force" in err
+    assert main(argv + ["--force"]) == 2  # a folder bakesteer did not write is never replaced
+    assert "not a bakesteer output" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(argv + ["--force", "-q"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "bakesteer.json").exists()
+    (out / "keep.txt").unlink()
+    assert main(argv + ["--force"]) == 0  # an empty folder is
+    first = (out / "bakesteer.json").read_text()
+    assert main(argv[:-3] + ["--coef", "2", "-o", str(out), "-q", "--force"]) == 0  # and so is a bake
+    assert (out / "bakesteer.json").read_text() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "o", "v.npy"]
 
 
 def test_output_inside_the_model_folder_is_refused(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
     assert main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(llama_dir / "x")]) == 2
-    assert "inside the model folder" in capsys.readouterr().err and not (llama_dir / "x").exists()
+    assert "is the input" in capsys.readouterr().err and not (llama_dir / "x").exists()
 
 
 def test_input_is_never_modified(tmp_path, llama_dir):

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import exact_sites
 from bakesteer.bake import Item, bake
+from bakesteer import checkpoint
 from bakesteer.checkpoint import Checkpoint
 from bakesteer.cli import main
 from bakesteer.hooks import Steer
@@ -140,7 +141,7 @@ def test_missing_shard(sharded, capsys):
     src, rest = sharded
     shard = sorted(src.glob("model-*.safetensors"))[1]
     shard.unlink()
-    _refuse(capsys, ["bake", "--model", str(src), *rest], f"names {shard.name} in its index but the file is missing",
+    _refuse(capsys, ["bake", "--model", str(src), *rest], f"names {shard.name} but the file is missing",
             src.parent / "out")
 
 
@@ -183,7 +184,7 @@ def test_disk_full_is_one_sentence_and_leaves_nothing(sharded, capsys, monkeypat
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "copy_file_range", full)
+    monkeypatch.setattr(checkpoint, "_patched", full)  # the first chunk of the first shard fails to be written
     _refuse(capsys, ["bake", "--model", str(src), *rest], "no space left on the device", src.parent / "out")
 
 
