@@ -70,6 +70,20 @@ def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
             raise BakesteerError(f"coefficient {s.coef} is not a finite number; pass a real --coef.")
 
 
+def _linear_dims(ckpt: TensorSource, wkey: str, layout: str) -> tuple[int, int]:
+    """(out, in) of a linear layer's stored weight, refusing one that is not a matrix."""
+    shape = ckpt.tensors[wkey].shape
+    if len(shape) != 2:
+        raise BakesteerError(f"{ckpt.where} stores {wkey} with shape {list(shape)}, not a matrix; the checkpoint "
+                             "does not match its config.")
+    return (shape[0], shape[1]) if layout == "linear" else (shape[1], shape[0])
+
+
+def _mismatch(ckpt: TensorSource, key: str, what: str) -> BakesteerError:
+    return BakesteerError(f"{ckpt.where} stores {key} with shape {list(ckpt.tensors[key].shape)}, which {what}; the "
+                          "checkpoint does not match its config.")
+
+
 def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.ndarray] | None = None) -> Plan:
     """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds.
 
@@ -102,6 +116,11 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
         for module in site.fold:
             wkey = ckpt.resolve(f"{arch.layers}.{s.layer}.{module}.weight")
             bkey = wkey[: -len("weight")] + "bias"
+            out_dim, in_dim = _linear_dims(ckpt, wkey, arch.layout)
+            if (in_dim if site.rule == "through" else out_dim) != hidden:
+                raise _mismatch(ckpt, wkey, f"does not fit the hidden size {hidden}")
+            if bkey in ckpt.tensors and ckpt.tensors[bkey].shape != (out_dim,):
+                raise _mismatch(ckpt, bkey, f"does not fit its weight's {out_dim} outputs")
             if site.rule == "through":
                 d = through_delta(ckpt.read(wkey), as_f64(s.vector), s.coef, arch.layout)
             else:
@@ -112,7 +131,10 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
     for (layer, module), d in extra.items():
         wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
         bkey = wkey[: -len("weight")] + "bias"
-        deltas[bkey] = deltas.get(bkey, 0) + np.asarray(d, dtype=np.float64)
+        d = np.asarray(d, dtype=np.float64)
+        if bkey in ckpt.tensors and ckpt.tensors[bkey].shape != d.shape:
+            raise _mismatch(ckpt, bkey, f"does not fit the fitted {d.shape[0]} outputs")
+        deltas[bkey] = deltas.get(bkey, 0) + d
         weights[bkey] = wkey
 
     updates, originals = {}, {}
@@ -131,9 +153,8 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
                 wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
                 bkey = wkey[: -len("weight")] + "bias"
                 if bkey not in ckpt.tensors and bkey not in updates:
-                    w = ckpt.tensors[wkey]
-                    out_dim = w.shape[0] if arch.layout == "linear" else w.shape[1]
-                    updates[bkey] = np.zeros(out_dim, dtype=w.np_dtype)
+                    out_dim = _linear_dims(ckpt, wkey, arch.layout)[0]
+                    updates[bkey] = np.zeros(out_dim, dtype=ckpt.tensors[wkey].np_dtype)
 
     config = dict(ckpt.config)
     if relabels:
@@ -167,6 +188,8 @@ def bake(model_dir: str | os.PathLike, items: list[Item], out: str | os.PathLike
     prev = load_record(src) if has_record(src) else None
     origin = [Path(prev.recipe["source"]["path"])] if prev is not None else []
     staging = Staging(out, force, inputs=[src, *origin])  # refuses a bad or existing output before any work
+    if prev is not None and not check_untampered(src, prev.recipe):
+        warn_unchecked(src)
     if is_bin_checkpoint(src):  # convert to safetensors beside the output, then link from there
         conv = out.parent / f".{out.name}.bakesteer-conv-{os.getpid()}"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +258,6 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
 
 def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, progress: bool,
           source_info: dict | None, link: bool, approx: ApproxOptions | None = None, prev: Record | None = None) -> dict:
-    if prev is not None and not check_untampered(src, prev.recipe):
-        warn_unchecked(src)
     cfg = arch_for(ckpt.config).config(ckpt.config)
     approximation, heldout = None, None
     if approx is not None and not all(is_exact(cfg, it.steer.site) for it in items):

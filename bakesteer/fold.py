@@ -50,9 +50,10 @@ def apply_delta(bias: np.ndarray | None, delta: np.ndarray, dtype: np.dtype) -> 
     base = np.zeros_like(delta) if bias is None else bias.astype(np.float64)
     assert base.shape == delta.shape, (base.shape, delta.shape)
     total = base + delta
-    if np.dtype(dtype).itemsize == 2:
-        total = total.astype(np.float32)
-    return total.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow is refused by check_cast, with the coefficient that fits
+        if np.dtype(dtype).itemsize == 2:
+            total = total.astype(np.float32)
+        return total.astype(dtype)
 
 
 def _finfo_max(dtype: np.dtype) -> float:

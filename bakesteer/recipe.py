@@ -207,14 +207,14 @@ def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool 
     """
     folder = Path(folder)
     rec = load_record(folder)
-    baked = Checkpoint(folder)
-    patches = _unbake_patches(rec, baked, folder)
     shards, wrote = rec.recipe["shards"], rec.recipe.get("sha256")
     source_sha = rec.recipe["source"].get("sha256") or {}
     if wrote is None:
         warn_unchecked(folder)
     else:  # the small files now; each shard while it is copied, so the bake is read once
         check_untampered(folder, {"sha256": {n: h for n, h in wrote.items() if n not in shards}})
+    baked = Checkpoint(folder)
+    patches = _unbake_patches(rec, baked, folder)
     size = sum((baked.root / n).stat().st_size for n, o in shards.items() if o is not None)
     with Staging(Path(out), force, inputs=[folder]) as tmp, bar(total=size, desc="writing", unit="B",
                                                                  unit_scale=True, unit_divisor=1024,
