@@ -97,7 +97,7 @@ def _entries(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int, ...
         if not isinstance(meta, dict):
             raise ValueError(f"entry {name!r} is not an object")
         dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise ValueError(f"tensor {name} has an unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise ValueError(f"tensor {name} has an invalid shape {shape!r}")
@@ -171,14 +171,20 @@ class Checkpoint(TensorSource):
                 self.tensors[name] = TensorInfo(shard, dtype, shape, start + b, start + e)
 
     def _shard_names(self) -> list[str]:
+        self.index: dict | None = None
         if (self.root / INDEX).is_file():
+            where = self.root / INDEX
             try:
-                index = json.loads((self.root / INDEX).read_text())
-                names = index["weight_map"].values()
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                raise BakesteerError(f"{self.root / INDEX} is not a valid index ({type(e).__name__}: {e}); "
-                                     "re-download it.")
-            return sorted({plain_name(n, str(self.root / INDEX)) for n in names}, key=str)
+                index = json.loads(where.read_text())
+            except (OSError, ValueError) as e:
+                raise BakesteerError(f"{where} is not a valid index ({type(e).__name__}: {e}); re-download it.")
+            wmap = index.get("weight_map") if isinstance(index, dict) else None
+            if (not isinstance(wmap, dict) or not wmap or not all(isinstance(k, str) for k in wmap)
+                    or not isinstance(index.get("metadata", {}), dict)):
+                raise BakesteerError(f"{where} is not a valid index (it needs a weight_map of tensor names to shard "
+                                     "files); re-download it.")
+            self.index = index
+            return sorted({plain_name(n, str(where)) for n in wmap.values()})
         if (self.root / SINGLE).is_file():
             return [SINGLE]
         raise BakesteerError(
@@ -334,7 +340,7 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarr
     if ckpt.sharded or added:
         where = {k: i.shard for k, i in ckpt.tensors.items()}
         to_new = {old: new for new, old in names.items()}
-        index = json.loads((ckpt.root / INDEX).read_text()) if ckpt.sharded else {}
+        index = dict(ckpt.index or {})
         index["weight_map"] = dict(sorted({**{k: to_new[s] for k, s in where.items()},
                                            **{k: to_new[None] for k in added}}.items()))
         total = sum(i.end - i.start for i in ckpt.tensors.values())

@@ -50,7 +50,7 @@ def apply_delta(bias: np.ndarray | None, delta: np.ndarray, dtype: np.dtype) -> 
     base = np.zeros_like(delta) if bias is None else bias.astype(np.float64)
     assert base.shape == delta.shape, (base.shape, delta.shape)
     total = base + delta
-    with np.errstate(over="ignore"):  # an overflow is refused by check_cast, with the coefficient that fits
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by check_cast, with the coefficient that fits
         if np.dtype(dtype).itemsize == 2:
             total = total.astype(np.float32)
         return total.astype(dtype)
@@ -64,6 +64,11 @@ def check_cast(key: str, bias: np.ndarray | None, delta: np.ndarray, new: np.nda
     """Refuse a folded bias that is not finite in its dtype, naming the largest coefficient that fits."""
     if np.isfinite(new.astype(np.float64)).all():
         return
+    if bias is not None and not np.isfinite(bias.astype(np.float64)).all():
+        raise BakesteerError(f"the checkpoint's {key} already holds NaN or infinite values; re-download the model.")
+    if not np.isfinite(delta).all():
+        raise BakesteerError(f"the fold into {key} is not finite: the weight it reads holds NaN or infinite values "
+                             "(or the coefficient is beyond float64); re-download the model or use a smaller --coef.")
     top = _finfo_max(new.dtype)
     base = np.zeros_like(delta) if bias is None else np.abs(bias.astype(np.float64))
     grow = np.abs(delta)

@@ -38,11 +38,12 @@ def gguf_arch(name: str) -> Arch:
 def _dequantized(gguf, tensor) -> np.ndarray:
     """A weight as float64 (out, in); refuses a type the gguf package cannot dequantize."""
     try:
-        w = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        with np.errstate(all="ignore"):  # a damaged weight's NaN is refused by check_cast, not warned about
+            w = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float64)
     except (NotImplementedError, ValueError, KeyError) as e:
         raise BakesteerError(f"the gguf package cannot dequantize {tensor.name} ({tensor.tensor_type.name}: {e}); "
                              "bake a GGUF with another quantization, or the Hugging Face checkpoint.")
-    return np.asarray(w, dtype=np.float64).reshape(int(tensor.shape[1]), int(tensor.shape[0]))
+    return w.reshape(int(tensor.shape[1]), int(tensor.shape[0]))
 
 
 def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike, force: bool = False) -> dict:
@@ -82,7 +83,8 @@ def bake_gguf(src: str | os.PathLike, items: list[Item], out: str | os.PathLike,
         if old is not None and old.tensor_type != gguf.GGMLQuantizationType.F32:
             raise BakesteerError(f"{src} stores {key} as {old.tensor_type.name}; only F32 biases can be updated.")
         base = np.asarray(old.data, np.float64) if old is not None else None
-        biases[key] = (base + d if base is not None else d).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with the coefficient that fits
+            biases[key] = (base + d if base is not None else d).astype(np.float32)
         check_cast(key, base, d, biases[key], [it.steer.coef for it in items])
 
     recipe = {"bakesteer_version": __version__, "exact": True, "source": {"path": str(src.resolve())},
