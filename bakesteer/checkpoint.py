@@ -14,6 +14,7 @@ import json
 import math
 import mmap
 import os
+import re
 import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ NAMES = {v: k for k, v in DTYPES.items()}  # numpy dtype -> safetensors dtype na
 _STALE_WEIGHTS = (".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack", ".ckpt", ".safetensors")
 OWN_FILES = ("bakesteer.json", "bakesteer")
 CHUNK = 16 << 20  # bytes per read while copying and hashing
+WORKERS = max(1, min(8, os.cpu_count() or 1))  # shards streamed at once
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,16 @@ def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: d
     return hashlib.sha256(data).hexdigest()
 
 
+def blob_sha256(path: Path) -> str | None:
+    """The sha256 a Hub-cache file carries in its name: a snapshot file links to ``blobs/<sha256>`` (LFS)."""
+    if not path.is_symlink():
+        return None
+    blob = path.resolve()
+    if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return blob.name
+    return None
+
+
 def link_file(src: Path, dst: Path) -> None:
     try:
         os.link(src.resolve(), dst)  # resolve: Hub-cache files are symlinks to blobs
@@ -329,14 +341,20 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarr
                                  f"the model's config ({list(t.shape)}); the checkpoint does not match its config.")
         touched.setdefault(info.shard, []).append((info.start, tensor_bytes(t)))
     sha, src_sha = {}, {}
-    for new, old in names.items():
-        if old is None:
-            sha[new] = write_safetensors(out / new, dict(sorted(added.items())), {"format": "pt"})
-        elif old in touched or not link:
+
+    def one(new: str, old: str) -> None:
+        if old in touched or not link:
             src_sha[old], sha[new] = stream_copy(ckpt.root / old, out / new, touched.get(old, []), progress)
         else:
             link_file(ckpt.root / old, out / new)
-            sha[new] = src_sha[old] = hash_file(out / new, progress)
+            sha[new] = src_sha[old] = blob_sha256(ckpt.root / old) or hash_file(out / new, progress)
+
+    with ThreadPoolExecutor(WORKERS) as pool:  # hashing is the bottleneck: one shard per core
+        for job in [pool.submit(one, new, old) for new, old in names.items() if old is not None]:
+            job.result()
+    if None in names.values():
+        new = next(n for n, o in names.items() if o is None)
+        sha[new] = write_safetensors(out / new, dict(sorted(added.items())), {"format": "pt"})
     if ckpt.sharded or added:
         where = {k: i.shard for k, i in ckpt.tensors.items()}
         to_new = {old: new for new, old in names.items()}

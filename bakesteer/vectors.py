@@ -52,6 +52,8 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def _vector(values, where: str) -> np.ndarray:
+    if np.iscomplexobj(values) or (hasattr(values, "is_complex") and values.is_complex()):
+        raise BakesteerError(f"{where} holds complex numbers; a steering vector is real, so save its real part.")
     try:
         t = as_f64(values)
     except (TypeError, ValueError) as e:
@@ -79,6 +81,18 @@ def _layer_key(key: str, where: str) -> int:
     return int(m.group(1))
 
 
+def _by_layer(items, where: str) -> dict[int, np.ndarray]:
+    """{layer number: vector} from (key, values) pairs, refusing two keys that name one layer."""
+    out: dict[int, np.ndarray] = {}
+    seen: dict[int, str] = {}
+    for k, v in items:
+        n = _layer_key(k, where)
+        if n in out:
+            raise BakesteerError(f"{where} has the keys {seen[n]!r} and {k!r}, which both name layer {n}; keep one.")
+        out[n], seen[n] = _vector(v, f"{where} layer {k}"), str(k)
+    return out
+
+
 def _load_json(path: Path, raw: bytes) -> VectorFile:
     try:
         doc = json.loads(raw)
@@ -93,7 +107,7 @@ def _load_json(path: Path, raw: bytes) -> VectorFile:
         vecs = {int(k): _vector(v, f"{path} layer {k}") for k, v in (ours.get("vectors") or {}).items()}
         fmt, shift, coef = "bakesteer", 0, ours.get("coef")
     elif isinstance(doc.get("directions"), dict):
-        vecs = {_layer_key(k, str(path)): _vector(v, f"{path} layer {k}") for k, v in doc["directions"].items()}
+        vecs = _by_layer(doc["directions"].items(), str(path))
         fmt, site, shift, coef = "ibm-svec", "resid", -1, None
         ev = doc.get("explained_variances")
         ours = {"explained_variances": ev} if isinstance(ev, dict) else {}
@@ -138,7 +152,7 @@ def _load_raw(path: Path) -> VectorFile:
         obj = next(iter(obj.values()))
     is_array = isinstance(obj, np.ndarray) or hasattr(obj, "detach")  # numpy, or a torch tensor from .pt
     if isinstance(obj, dict):
-        vecs = {_layer_key(k, str(path)): _vector(v, f"{path} key {k}") for k, v in obj.items()}
+        vecs = _by_layer(obj.items(), str(path))
     elif is_array and obj.ndim == 2 and obj.shape[0] > 1:
         vecs = {i: _vector(row, f"{path} row {i}") for i, row in enumerate(obj)}
     elif is_array:

@@ -157,6 +157,27 @@ def test_a_bias_that_overflows_its_dtype_is_refused_with_the_largest_safe_coeffi
     refused(capsys, bake_argv(world, src, world / "out", "--coef", coef), match, world)
 
 
+def test_a_complex_vector_is_refused_not_truncated_to_its_real_part(world, capsys):
+    src = write_model(world / "m")
+    np.save(world / "v.npy", np.ones(HIDDEN, dtype=np.complex64) * (1 + 2j))
+    refused(capsys, bake_argv(world, src, world / "out"), "complex numbers", world)
+
+
+def test_two_keys_naming_one_layer_are_refused_not_one_dropped(world, capsys):
+    from safetensors.numpy import save_file
+
+    src = write_model(world / "m")
+    save_file({"layer.1": np.ones(HIDDEN, np.float32), "layer.01": -np.ones(HIDDEN, np.float32)},
+              str(world / "v.safetensors"))
+    argv = bake_argv(world, src, world / "out")
+    argv[argv.index("--vector") + 1] = str(world / "v.safetensors")
+    refused(capsys, argv, "both name layer 1", world)
+    (world / "v.svec").write_text(json.dumps({"directions": {"2": [1.0] * HIDDEN, "02": [2.0] * HIDDEN}}))
+    argv[argv.index("--vector") + 1] = str(world / "v.svec")
+    refused(capsys, argv[:argv.index("--layer") + 1] + ["2"] + argv[argv.index("--layer") + 2:], "both name layer 2",
+            world)
+
+
 def test_a_through_fold_that_overflows_fp16_is_refused(world, capsys):
     src = write_model(world / "m", dtype=np.float16)
     refused(capsys, bake_argv(world, src, world / "out", "--site", "attn_in", "--coef", "1e5"), "overflows float16",
@@ -250,11 +271,12 @@ def test_a_config_that_is_not_an_object(world, capsys, config, match):
 @pytest.mark.parametrize("site,key,shape,match", [
     ("attn_in", "model.layers.1.self_attn.q_proj.weight", (HIDDEN, 8), "does not fit the hidden size"),
     ("resid", "model.layers.1.mlp.down_proj.weight", (HIDDEN,), "not a matrix"),
+    ("attn_in", "model.layers.1.self_attn.k_proj.bias", (HIDDEN + 3,), "does not fit its weight's 16 outputs"),
 ])
-def test_a_weight_whose_shape_does_not_fit_the_config(world, capsys, site, key, shape, match):
+def test_a_weight_or_bias_whose_shape_does_not_fit_the_config(world, capsys, site, key, shape, match):
     from safetensors.numpy import load_file, save_file
 
-    src = write_model(world / "m")
+    src = write_model(world / "m", biases=True)
     ts = load_file(str(src / "model.safetensors"))
     ts[key] = np.zeros(shape, dtype=np.float32)
     save_file(ts, str(src / "model.safetensors"))
@@ -414,3 +436,24 @@ def test_a_huge_layer_range_is_refused_before_it_is_expanded(world, capsys):
         main(["bake", "--model", str(src), "--vector", str(world / "v.npy"), "--layer", "0-100000000", "-o",
               str(world / "out")])
     assert e.value.code == 2 and "more than any model has" in capsys.readouterr().err
+
+
+def test_a_hub_cache_snapshot_is_read_through_its_blob_links_and_its_blob_names_are_its_hashes(world, capsys):
+    import hashlib
+
+    src = write_model(world / "m", sharded=True)
+    repo = world / "hub" / "models--org--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        f.rename(repo / "blobs" / sha)
+        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / sha)
+    assert main(bake_argv(world, snap, world / "out", "--link")) == 0
+    recipe = json.loads((world / "out" / "bakesteer.json").read_text())
+    for name, orig in recipe["shards"].items():
+        if orig is not None:
+            assert recipe["sha256"][name] == recipe["source"]["sha256"][orig] == (snap / orig).resolve().name
+            assert hashlib.sha256((world / "out" / name).read_bytes()).hexdigest() == recipe["sha256"][name]
+    assert main(["unbake", str(world / "out"), "-o", str(world / "restored"), "-q"]) == 0
