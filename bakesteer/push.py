@@ -6,6 +6,7 @@ from pathlib import Path
 from .card import render
 from .errors import BakesteerError
 from .paths import inside
+from .schema import check_verification
 from .recipe import RECIPE, SIDE, VERIFIED, has_record, load_record
 
 
@@ -15,21 +16,31 @@ def card_for(folder: Path, repo: str | None = None, verify_first: bool = True, p
 
     ``record``: keep the figures in the folder (``verify.json`` and README.md); a dry run writes nothing.
     """
-    import json
-
     from .verify import record_verification, verification_doc, verify
 
     rec = load_record(folder)
     done = folder / SIDE / VERIFIED
-    verification = json.loads(done.read_text()) if done.is_file() else None
+    verification = read_verification(done) if done.is_file() else None
     if verification is None and verify_first:
         recipe, report = verify(folder, progress=progress)
         if record:
             record_verification(folder, recipe, report)
-            verification = json.loads(done.read_text()) if done.is_file() else None
+            verification = read_verification(done) if done.is_file() else None
         else:
             verification = verification_doc(report)
     return render(rec.recipe, verification, repo)
+
+
+def read_verification(path: Path) -> dict:
+    """The figures ``verify`` kept, checked field by field (a downloaded bake may carry anything there)."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+        check_verification(doc)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise BakesteerError(f"{path} is damaged ({e}); run `bakesteer verify` on the folder again.") from None
+    return doc
 
 
 def files_to_push(folder: Path) -> list[str]:

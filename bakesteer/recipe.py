@@ -10,8 +10,6 @@ passes the path policy, and a folder whose files no longer hash as recorded is r
 from __future__ import annotations
 
 import json
-import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +18,13 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from .arch import SITES
 from .card import render
 from .checkpoint import (INDEX, Checkpoint, copy_other_files, hash_file, link_file, stream_copy, tensor_bytes,
                          write_safetensors)
 from .errors import BakesteerError
-from .paths import plain_name, regular_file
+from .paths import regular_file
 from .progress import bar
+from .schema import check_recipe
 from .staging import RECIPE_FILE, Staging
 from .steer import Steer
 
@@ -35,7 +33,6 @@ SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
 HELDOUT = "heldout.txt"
 README_ORIG = "original_README.md"
 VERIFIED = "verify.json"  # the figures of the last `bakesteer verify`, for the model card
-_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -80,40 +77,6 @@ def _need(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
-def _hashes(value, what: str) -> None:
-    _need(isinstance(value, dict), f"{what} is not a map")
-    for name, sha in value.items():
-        plain_name(name, what)
-        _need(isinstance(sha, str) and _SHA.fullmatch(sha) is not None, f"{what} has a malformed hash for {name}")
-
-
-def check_recipe(recipe, where: str) -> None:
-    """Every field a reader of the recipe relies on, with its type; every file name by the path policy."""
-    _need(isinstance(recipe, dict), "it is not a JSON object")
-    steers = recipe.get("steers")
-    _need(isinstance(steers, list) and len(steers) > 0, "'steers' is not a non-empty list")
-    for s in steers:
-        _need(isinstance(s, dict) and s.get("site") in SITES, "a steer has no known site")
-        _need(type(s.get("layer")) is int and s["layer"] >= 0, "a steer's layer is not a block number")
-        _need(type(s.get("coef")) in (int, float) and math.isfinite(s["coef"]), "a steer's coef is not a number")
-        _need(isinstance(s.get("vector"), str), "a steer names no vector")
-    shards = recipe.get("shards")
-    _need(isinstance(shards, dict) and len(shards) > 0, "'shards' is not a map of file names")
-    for out, orig in shards.items():
-        plain_name(out, f"{where} 'shards'")
-        if orig is not None:
-            plain_name(orig, f"{where} 'shards'")
-    for key in ("tensors_changed", "tensors_added"):
-        _need(isinstance(recipe.get(key), list) and all(isinstance(k, str) for k in recipe[key]),
-              f"'{key}' is not a list of tensor names")
-    src, written = recipe.get("source"), recipe.get("written")
-    _need(isinstance(src, dict) and isinstance(src.get("path"), str), "'source' has no path")
-    _need(isinstance(written, dict) and isinstance(written.get("flags_switched_on"), list), "'written' is malformed")
-    for hashes, what in ((recipe.get("sha256"), f"{where} 'sha256'"), (src.get("sha256"), f"{where} 'source.sha256'")):
-        if hashes is not None:
-            _hashes(hashes, what)
-
-
 def load_record(folder: str | Path) -> Record:
     out = Path(folder)
     if not has_record(out):
@@ -122,7 +85,7 @@ def load_record(folder: str | Path) -> Record:
     optional = lambda name: side / name if (side / name).is_file() else None  # noqa: E731
     try:
         recipe = json.loads(regular_file(out, RECIPE, str(out)).read_text())
-        check_recipe(recipe, str(out / RECIPE))
+        check_recipe(recipe)
         vecs = load_file(str(regular_file(side, "vectors.safetensors", str(out / RECIPE))))
         vectors = [vecs[s["vector"]] for s in recipe["steers"]]
         _need(all(v.ndim == 1 and v.dtype == np.float64 and np.isfinite(v).all() for v in vectors)

