@@ -457,3 +457,20 @@ def test_a_hub_cache_snapshot_is_read_through_its_blob_links_and_its_blob_names_
             assert recipe["sha256"][name] == recipe["source"]["sha256"][orig] == (snap / orig).resolve().name
             assert hashlib.sha256((world / "out" / name).read_bytes()).hexdigest() == recipe["sha256"][name]
     assert main(["unbake", str(world / "out"), "-o", str(world / "restored"), "-q"]) == 0
+
+
+@pytest.mark.parametrize("case", ["dotdot-name", "not-a-state-dict"])
+def test_a_pytorch_bin_checkpoint_cannot_name_files_outside_or_hold_other_objects(world, capsys, case):
+    import torch
+
+    src = world / "bin"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(json.loads((write_model(world / "m") / "config.json").read_text())))
+    torch.save({"model.norm.weight": torch.ones(HIDDEN)}, world / "outside.bin")
+    if case == "dotdot-name":
+        (src / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "../outside.bin"}}))
+        match = "not a plain file name"
+    else:
+        torch.save([torch.ones(HIDDEN)], src / "pytorch_model.bin")
+        match = "state dict of named tensors"
+    refused(capsys, bake_argv(world, src, world / "out"), match, world)
