@@ -5,13 +5,19 @@
 The source archive is fetched from PyPI into <cache>/src; llama-cpp-python is built from it for a generic
 x86-64 CPU (no -march=native, so the build runs on any CI machine), and its vendored llama.cpp's
 convert_hf_to_gguf.py, conversion/ and gguf-py/ are extracted to <cache>/llama.cpp for the tests.
+
+The build needs a C and a C++ compiler (checked first; cmake comes from PyPI when missing). It prints a
+line a minute while it runs, keeps pip's output in <cache>/src/build.log, and exits 1 with the log's tail
+when it fails (scripts/setup.sh then goes on: only the llama.cpp tests skip).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from importlib import metadata
 
 from bakesteer.models import cache_dir
@@ -19,6 +25,29 @@ from bakesteer.models import cache_dir
 VERSION = "0.3.36"
 CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF "
               "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF")
+
+
+def compilers() -> list[str]:
+    """The missing prerequisites of a source build, by name."""
+    missing = []
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        missing.append("a C compiler (cc/gcc/clang)")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        missing.append("a C++ compiler (c++/g++/clang++)")
+    return missing
+
+
+def build(cmd: list[str], log_path, env: dict) -> bool:
+    """Run the pip build, printing a line a minute; True when it succeeded."""
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            time.sleep(5)
+            minutes = int(time.monotonic() - t0) // 60
+            if minutes and int(time.monotonic() - t0) % 60 < 5:
+                print(f"  still building llama-cpp-python ({minutes} min)", flush=True)
+    return proc.returncode == 0
 
 
 def main() -> None:
@@ -34,8 +63,15 @@ def main() -> None:
     except metadata.PackageNotFoundError:
         built = False
     if not built:
-        print(f"building llama-cpp-python {VERSION} from source (about 6 minutes on 2 cores)", flush=True)
-        subprocess.run(pip + [str(sdist)], check=True, env={**os.environ, "CMAKE_ARGS": CMAKE_ARGS})
+        missing = compilers()
+        if missing:
+            sys.exit(f"llama-cpp-python {VERSION} builds from source, which needs {' and '.join(missing)}; "
+                     "install them (Debian/Ubuntu: apt-get install build-essential) and run this again.")
+        log = src / "build.log"
+        print(f"building llama-cpp-python {VERSION} from source (6-15 minutes on 2 cores; log: {log})", flush=True)
+        if not build(pip + ["--verbose", str(sdist)], log, {**os.environ, "CMAKE_ARGS": CMAKE_ARGS}):
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            sys.exit("the llama-cpp-python build failed; the end of its log:\n" + "\n".join(tail))
     dest = cache_dir() / "llama.cpp"
     if not (dest / "convert_hf_to_gguf.py").is_file():
         prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
