@@ -69,6 +69,8 @@ def render(recipe: dict, verification: dict | None = None, repo: str | None = No
     base = base_model(recipe)
     name = base or recipe["source"].get("path", "model").rstrip("/").rsplit("/", 1)[-1]
     lines = [f"# {name} with baked steering" + ("" if exact else " (APPROXIMATE)"), ""]
+    if recipe["source"].get("weights"):
+        lines += [f"Base weights: {recipe['source']['weights']}.", ""]
     if exact:
         lines += ["Activation steering folded into bias tensors by bakesteer: this checkpoint's outputs equal "
                   "hook-based steering of the base model up to float rounding, with no hooks and no custom code.", ""]

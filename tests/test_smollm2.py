@@ -58,6 +58,9 @@ def test_the_readme_main_job(tmp_path, monkeypatch, capsys):
     recipe = json.loads((out / "bakesteer.json").read_text())
     assert recipe["written"]["flags_switched_on"] == ["mlp_bias"] and len(recipe["tensors_added"]) == 90
     assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
+    # the card and the recipe say that the default model's weights are a dequantized Q4_1 GGUF
+    assert "Q4_1" in recipe["source"]["weights"] and "dequantized" in recipe["source"]["weights"]
+    assert "Base weights: SmolLM2-135M-Instruct.Q4_1.gguf" in (out / "README.md").read_text()
     capsys.readouterr()
     assert main(["verify", str(out), "-q"]) == 0
     assert "PASS" in capsys.readouterr().out
