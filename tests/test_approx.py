@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bakesteer.cli import main
 from bakesteer.hooks import Steer, steering
-from bakesteer.tiny import HIDDEN, LAYERS, save_char_tokenizer, save_model
+from tiny import HIDDEN, LAYERS, save_char_tokenizer, save_model
 
 CASES = [("qwen3", "resid"), ("gemma2", "resid"), ("gemma3", "resid"), ("olmo2", "resid"), ("gemma2", "mlp_in"),
          ("olmo2", "mlp_in"), ("qwen3", "mlp_out"), ("gemma", "resid"), ("gemma2", "mlp_out")]

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
 from bakesteer.cli import main
-from bakesteer.tiny import HIDDEN, save_model
+from tiny import HIDDEN, save_model
 
 
 @pytest.fixture

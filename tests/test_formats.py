@@ -14,7 +14,7 @@ from bakesteer.cli import main
 from bakesteer.errors import BakesteerError
 from bakesteer.formats import describe, write_vectors
 from bakesteer.hooks import Steer
-from bakesteer.tiny import HIDDEN, LAYERS, VOCAB, save_model
+from tiny import HIDDEN, LAYERS, VOCAB, save_model
 from bakesteer.vectors import load_vector_file, pick
 from helpers import greedy, logits
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 
 from bakesteer.card import DEFAULT_HUB_ID
 from bakesteer.cli import main
-from bakesteer.tiny import HIDDEN, save_model
+from tiny import HIDDEN, save_model
 
 
 class MockHub:

@@ -22,7 +22,7 @@ from bakesteer.cli import main
 from bakesteer.hooks import Steer
 from bakesteer.inmemory import bake_model, to_numpy
 from bakesteer.recipe import unbake
-from bakesteer.tiny import CONFIGS, HIDDEN, make_model, save_model
+from tiny import CONFIGS, HIDDEN, make_model, save_model
 
 
 def _items(site: str, layers=(0, 2), seed: int = 0) -> list[Item]:

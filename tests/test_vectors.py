@@ -15,7 +15,7 @@ from bakesteer.errors import BakesteerError
 from bakesteer.hooks import Steer
 from bakesteer.vectors import load_vector_file, pick, save_bakesteer_vector
 from helpers import greedy, logits
-from bakesteer.tiny import HIDDEN, VOCAB, save_model
+from tiny import HIDDEN, VOCAB, save_model
 
 
 def _ibm_svec(path, directions: dict[int, list]):
