@@ -476,3 +476,20 @@ def approx_slots(cfg: Mapping, site_name: str, layer: int) -> tuple[Approx, list
         raise BakesteerError(f"{site_name} of block {layer} is approximated with block {last}, which this "
                              f"{n_layers}-block model lacks; choose a layer below {n_layers - 1}.")
     return ap, [(layer + off, m) for off, m in ap.slots]
+
+
+# module names steering-vectors' layer_type guesser matches, per layer type (its layer_matching.py)
+_SV_NAMES = {"decoder_block": ("",), "self_attn": ("attn", "attention"), "mlp": ("mlp",),
+             "input_layernorm": ("ln_1", "input_layernorm"),
+             "post_attention_layernorm": ("ln_2", "post_attention_layernorm")}
+
+
+def steering_vectors_misses(cfg: Mapping, site_name: str, layer_type: str) -> str | None:
+    """The module carrying ``site_name`` in this family when steering-vectors' ``layer_type`` guesser would not
+    find it, else None (also None for a family the table does not know: nothing to check against)."""
+    model_type = cfg.get("model_type")
+    arch = next((a for a in _entries() if model_type in a.model_types), None) if model_type else None
+    if arch is None:
+        return None
+    hook = arch.sites[site_name].hook
+    return None if any(n in hook for n in _SV_NAMES[layer_type]) else f"{arch.name}'s {hook or 'decoder block'}"

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from bakesteer.bake import Item, bake
 from bakesteer.cli import main
 from bakesteer.errors import BakesteerError
-from bakesteer.formats import describe, write_vectors
+from bakesteer.vectors import describe, write_vectors
 from bakesteer.hooks import Steer
 from tiny import HIDDEN, LAYERS, VOCAB, save_model
 from bakesteer.vectors import load_vector_file, pick

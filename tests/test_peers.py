@@ -142,7 +142,7 @@ def test_pca_directions_agree_with_repeng(model, tok, method):
 def test_bakesteer_files_load_in_the_peers(model, tok, tmp_path):
     """A bakesteer extraction written as GGUF reads in repeng; as a .pt dump it rebuilds a SteeringVector."""
     res = extract(model, tok, [Pair(p, n) for p, n in PAIRS], "attn_out", [3, 7])
-    from bakesteer.formats import write_vectors
+    from bakesteer.vectors import write_vectors
 
     write_vectors(tmp_path / "v.pt", "steering-vectors", "attn_out", res.vectors, {"model_type": "llama"})
     sv = sv_lib.SteeringVector(**torch.load(tmp_path / "v.pt", weights_only=True))
