@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-np.float_ = np.float64  # repeng 0.4.0 names np.float_, removed in NumPy 2
-repeng = pytest.importorskip("repeng")
+with pytest.MonkeyPatch.context() as mp:  # repeng 0.4.0 names np.float_ (removed in NumPy 2) at import only
+    mp.setattr(np, "float_", np.float64, raising=False)
+    repeng = pytest.importorskip("repeng")
 sv_lib = pytest.importorskip("steering_vectors")
 
 from bakesteer.cli import main  # noqa: E402

@@ -43,16 +43,27 @@ def resolve_path(path: str | Path) -> Path:
     return p
 
 
+def _numbers(values, where: str) -> np.ndarray:
+    """``values`` (a torch tensor, numpy array or nested list) as float64, refusing anything but real numbers."""
+    if hasattr(values, "detach"):  # a torch tensor
+        if values.is_complex():
+            raise BakesteerError(f"{where} holds complex numbers; a steering vector is real, so save its real part.")
+        return as_f64(values)
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise BakesteerError(f"{where} is not a list of numbers ({type(e).__name__}); regenerate the vector file.")
+    if np.iscomplexobj(arr):
+        raise BakesteerError(f"{where} holds complex numbers; a steering vector is real, so save its real part.")
+    if arr.dtype.kind not in "iuf":
+        raise BakesteerError(f"{where} is not a list of numbers; regenerate the vector file.")
+    with np.errstate(over="ignore"):  # a huge integer becomes inf, refused as not finite
+        return arr.astype(np.float64)
+
+
 def as_vector(values, where: str) -> np.ndarray:
     """One real, finite [hidden] vector (AISteer360's [1, hidden] accepted), or one sentence why not."""
-    if np.iscomplexobj(values) or (hasattr(values, "is_complex") and values.is_complex()):
-        raise BakesteerError(f"{where} holds complex numbers; a steering vector is real, so save its real part.")
-    if isinstance(values, (str, bytes, dict)) or values is None or isinstance(values, bool):
-        raise BakesteerError(f"{where} is not a list of numbers; regenerate the vector file.")
-    try:
-        t = as_f64(values)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise BakesteerError(f"{where} is not a list of numbers ({e}); regenerate the vector file.")
+    t = _numbers(values, where)
     if t.ndim == 2 and t.shape[0] == 1:  # AISteer360's [K, hidden] with K = 1
         t = t[0]
     if t.ndim == 2 and t.shape[0] > 1:  # AISteer360 adds row k at position k (ActAdd): not a constant
