@@ -126,7 +126,8 @@ class Arch:
         try:
             return int(cfg[self.dims[0]]), int(cfg[self.dims[1]])
         except (KeyError, TypeError, ValueError):
-            raise BakesteerError(f"config.json lacks a valid {self.dims[0]} or {self.dims[1]}; fix the config.")
+            raise BakesteerError(f"config.json lacks a valid {self.dims[0]} or {self.dims[1]}; "
+                                 "fix the config.") from None
 
     def group_of(self, key: str) -> Group:
         """The bias group of a checkpoint key such as ``model.layers.3.self_attn.o_proj.bias``."""

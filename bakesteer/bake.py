@@ -277,8 +277,9 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
         raise BakesteerError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
     try:
         tok = AutoTokenizer.from_pretrained(src)
-    except Exception:
-        raise BakesteerError(f"{src} has no usable tokenizer; an approximate bake reads calibration text with it.")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise BakesteerError(f"{src} has no usable tokenizer ({type(e).__name__}); an approximate bake reads "
+                             "calibration text with it.") from e
     ap.tokenized(tok, calib, opts.tokens)  # refuses too little text before loading the model
     if not progress:
         transformers.utils.logging.disable_progress_bar()
@@ -308,7 +309,8 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
 
 
 def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, progress: bool,
-          source_info: dict | None, link: bool, approx: ApproxOptions | None = None, prev: Record | None = None) -> dict:
+          source_info: dict | None, link: bool, approx: ApproxOptions | None = None,
+          prev: Record | None = None) -> dict:
     cfg = find_arch(ckpt.config).config(ckpt.config)
     approximation, heldout = None, None
     if approx is not None and not all(is_exact(cfg, it.steer.site) for it in items):

@@ -55,7 +55,7 @@ def apply_delta(bias: np.ndarray | None, delta: np.ndarray, dtype: np.dtype) -> 
     base = np.zeros_like(delta) if bias is None else bias.astype(np.float64)
     assert base.shape == delta.shape, (base.shape, delta.shape)
     total = base + delta
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by check_cast, with the coefficient that fits
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by check_cast (with what fits)
         if np.dtype(dtype).itemsize == 2:
             total = total.astype(np.float32)
         return total.astype(dtype)

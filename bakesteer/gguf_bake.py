@@ -73,7 +73,7 @@ class GgufTensors(TensorSource):
                 w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64)
         except (NotImplementedError, ValueError, KeyError) as e:
             raise BakesteerError(f"the gguf package cannot dequantize {key} ({info.dtype}: {e}); bake a GGUF with "
-                                 "another quantization, or the Hugging Face checkpoint.")
+                                 "another quantization, or the Hugging Face checkpoint.") from e
         return w.reshape(info.shape)
 
     def bias_dtype(self, weight_key: str) -> np.dtype:

@@ -18,7 +18,7 @@ def gguf_module():
     try:
         import gguf
     except ImportError:
-        raise BakesteerError("reading or writing GGUF files needs the gguf package; `pip install gguf`.")
+        raise BakesteerError("reading or writing GGUF files needs the gguf package; `pip install gguf`.") from None
     return gguf
 
 
@@ -51,7 +51,7 @@ def open_gguf(path: Path, what: str = "a .gguf model"):
             warnings.simplefilter("ignore", RuntimeWarning)
             return gguf.GGUFReader(str(path))
     except READ_ERRORS as e:
-        raise BakesteerError(f"{path} is not a readable GGUF file ({type(e).__name__}); check the file.")
+        raise BakesteerError(f"{path} is not a readable GGUF file ({type(e).__name__}); check the file.") from e
 
 
 def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict[str, str] | None = None) -> None:

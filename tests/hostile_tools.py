@@ -2,16 +2,13 @@
 runner that demands one sentence, exit 2, no traceback."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save
 
-from bakesteer.cli import main
 from helpers import refused, snapshot  # noqa: F401  (shared with every test file)
 
 HIDDEN, INTER, LAYERS, VOCAB = 16, 32, 2, 32

@@ -13,7 +13,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from bakesteer.arch import ARCHS, Gguf, exact_sites, variant
 from bakesteer.bake import Item, bake
@@ -21,7 +20,7 @@ from bakesteer.checkpoint import Checkpoint
 from bakesteer.errors import BakesteerError
 from bakesteer.gguf_bake import bake_gguf
 from bakesteer.hooks import Steer
-from tiny import CONFIGS, HIDDEN, LAYERS, save_model
+from tiny import HIDDEN, LAYERS, save_model
 
 gguf = pytest.importorskip("gguf")
 

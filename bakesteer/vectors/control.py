@@ -21,7 +21,8 @@ def _direction(path: Path, t) -> np.ndarray:
         try:
             data = np.array(t.data, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError, OverflowError) as e:
-            raise BakesteerError(f"{path} {t.name} cannot be read as numbers ({type(e).__name__}); regenerate it.")
+            raise BakesteerError(f"{path} {t.name} cannot be read as numbers ({type(e).__name__}); "
+                                 "regenerate it.") from e
     return as_vector(data, f"{path} {t.name}")
 
 

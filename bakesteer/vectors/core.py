@@ -52,7 +52,8 @@ def _numbers(values, where: str) -> np.ndarray:
     try:
         arr = np.asarray(values)
     except (TypeError, ValueError, OverflowError) as e:
-        raise BakesteerError(f"{where} is not a list of numbers ({type(e).__name__}); regenerate the vector file.")
+        raise BakesteerError(f"{where} is not a list of numbers ({type(e).__name__}); "
+                             "regenerate the vector file.") from e
     if np.iscomplexobj(arr):
         raise BakesteerError(f"{where} holds complex numbers; a steering vector is real, so save its real part.")
     if arr.dtype.kind not in "iuf":

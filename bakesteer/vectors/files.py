@@ -24,7 +24,7 @@ def load_vector_file(path: str | Path) -> VectorFile:
     try:
         data = p.read_bytes()
     except OSError as e:
-        raise BakesteerError(f"cannot read vector file {p} ({e.strerror}); check its permissions.")
+        raise BakesteerError(f"cannot read vector file {p} ({e.strerror}); check its permissions.") from e
     suffix = p.suffix.lower()
     if suffix == ".gguf":
         vf = control.read(p)
@@ -66,7 +66,7 @@ def model_info(path: str | Path | None) -> dict:
     try:
         cfg = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
-        raise BakesteerError(f"{folder} has no readable config.json; pass a Hugging Face model folder.")
+        raise BakesteerError(f"{folder} has no readable config.json; pass a Hugging Face model folder.") from None
     arch = find_arch(cfg)
     hidden, n_layers = arch.hidden_and_layers(arch.config(cfg))
     return {"model_type": cfg.get("model_type"), "name": name, "hidden_size": hidden,

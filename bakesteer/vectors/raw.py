@@ -48,9 +48,10 @@ def read(path: Path) -> VectorFile:
         raise BakesteerError(
             f"{path} could not be read: it holds pickled Python objects, which bakesteer never unpickles; save "
             "plain tensors (a steering-vectors SteeringVector: torch.save(dataclasses.asdict(sv), path))."
-        )
+        ) from None
     except _READ_ERRORS as e:
-        raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); check the file.")
+        raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); "
+                             "check the file.") from e
     if sv.is_dump(obj):
         return sv.read(path, obj, _metadata(path) if suffix == ".safetensors" else None)
     if isinstance(obj, dict) and len(obj) == 1:

@@ -16,7 +16,7 @@ import numpy as np
 from ..arch import SITES, check_site
 from ..errors import BakesteerError
 from ..steer import as_f64
-from .core import VectorFile, as_vector, by_layer
+from .core import VectorFile, by_layer
 
 FORMAT_VERSION = 1
 CONVENTION = "key N = the site of decoder block N (0-based); resid = residual stream after block N"
@@ -57,7 +57,7 @@ def read_json(path: Path, raw: bytes) -> VectorFile:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise BakesteerError(f"{path} is not valid JSON ({type(e).__name__}); is it really a .svec file?")
+        raise BakesteerError(f"{path} is not valid JSON ({type(e).__name__}); is it really a .svec file?") from e
     if not isinstance(doc, dict):
         raise BakesteerError(f"{path} is JSON but not a vector file (expected an object with 'directions').")
     if isinstance(doc.get("bakesteer"), dict):
