@@ -1,5 +1,10 @@
 """bakesteer: fold activation-steering vectors into the biases of a normal checkpoint."""
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bakesteer")  # written once, in pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 from .errors import BakesteerError  # noqa: E402
 from .steer import Steer  # noqa: E402

@@ -26,7 +26,7 @@ from .arch import Approx, arch_for, approx_slots
 from .errors import BakesteerError
 from .hooks import add_at, steering
 from .progress import bar
-from .steer import Steer, as_f64
+from .steer import Steer
 
 Slot = tuple[int, str]  # (decoder block, linear module inside it)
 MIN_FIT_TOKENS = 64

@@ -7,11 +7,12 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from . import __version__
-from .arch import Arch, approx_slots, arch_for, flag_on, fold_target, is_exact
+from .arch import Arch, Site, approx_slots, find_arch, flag_on, fold_target, is_exact
 from .checkpoint import INDEX, Checkpoint, TensorSource, write_checkpoint
 from .errors import BakesteerError
 from .fold import apply_delta, check_cast, direct_delta, through_delta
@@ -20,6 +21,8 @@ from .pytorch_bin import convert_bin, is_bin_checkpoint
 from .recipe import Record, check_untampered, has_record, load_record, merge, warn_unchecked
 from .staging import Staging
 from .steer import Steer, as_f64
+
+CONVENTION = "layer L = decoder block L (0-based); resid = residual stream after block L"
 
 
 @dataclass(frozen=True)
@@ -84,87 +87,135 @@ def _mismatch(ckpt: TensorSource, key: str, what: str) -> BakesteerError:
                           "checkpoint does not match its config.")
 
 
-def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.ndarray] | None = None) -> Plan:
-    """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds.
-
-    ``extra``: bias deltas fitted by an approximate bake, per (decoder block, linear module).
-    """
-    source = arch_for(ckpt.config)
+def _refuse_quantized(ckpt: TensorSource) -> None:
     quant = ckpt.config.get("quantization_config")
     if quant:
         method = quant.get("quant_method", "quantized") if isinstance(quant, dict) else "quantized"
         raise BakesteerError(f"{ckpt.where} is a {method} checkpoint; bake the unquantized model and quantize "
                              "the baked folder afterwards.")
-    cfg = source.config(ckpt.config)
-    hidden, n_layers = source.hidden_and_layers(cfg)
-    if not extra:
-        check_items(items, hidden, n_layers)
-    targets = [fold_target(cfg, it.steer.site) for it in items]
-    relabels = {t.relabelled_from for t in targets} - {None}
-    arch = next((t.arch for t in targets if t.relabelled_from), source)
-    flags = {f for t in targets for f in t.flags}  # a relabelled target's flags keep the source biases
-    extra = extra or {}
-    flags |= {slot for slot in (arch.bias_slot(m) for _, m in extra) if not flag_on(cfg, slot)}
-    flags = sorted(flags)
 
-    deltas: dict[str, np.ndarray] = {}
-    weights: dict[str, str] = {}  # bias key -> weight key, for dtype and placement
-    coefs: dict[str, list[float]] = {}  # bias key -> coefficients folded into it, for an overflow's message
-    for it in items:
-        s = it.steer
-        site = arch.sites[s.site]
+
+class _Deltas:
+    """Bias deltas summed per bias key, with the weight each sits beside and the coefficients folded in."""
+
+    def __init__(self, ckpt: TensorSource, arch: Arch):
+        self.ckpt, self.arch = ckpt, arch
+        self.sums: dict[str, np.ndarray] = {}
+        self.weights: dict[str, str] = {}  # bias key -> weight key, for dtype and placement
+        self.coefs: dict[str, list[float]] = {}  # bias key -> coefficients, for an overflow's message
+
+    def keys(self, layer: int, module: str) -> tuple[str, str]:
+        wkey = self.ckpt.resolve(f"{self.arch.layers}.{layer}.{module}.weight")
+        return wkey, wkey[: -len("weight")] + "bias"
+
+    def add(self, wkey: str, bkey: str, d: np.ndarray, coef: float | None = None) -> None:
+        self.sums[bkey] = self.sums.get(bkey, 0) + d
+        self.weights[bkey] = wkey
+        if coef is not None:
+            self.coefs.setdefault(bkey, []).append(coef)
+
+    def fold(self, s: Steer, site: Site, cfg: dict, hidden: int) -> None:
+        """Add the delta of one steer at its (exact) site, reading a weight only for a through-fold."""
+        layout, ckpt = self.arch.layout, self.ckpt
         for module in site.fold:
-            wkey = ckpt.resolve(f"{arch.layers}.{s.layer}.{module}.weight")
-            bkey = wkey[: -len("weight")] + "bias"
-            out_dim, in_dim = _linear_dims(ckpt, wkey, arch.layout)
+            wkey, bkey = self.keys(s.layer, module)
+            out_dim, in_dim = _linear_dims(ckpt, wkey, layout)
             if (in_dim if site.rule == "through" else out_dim) != hidden:
                 raise _mismatch(ckpt, wkey, f"does not fit the hidden size {hidden}")
             if bkey in ckpt.tensors and ckpt.tensors[bkey].shape != (out_dim,):
                 raise _mismatch(ckpt, bkey, f"does not fit its weight's {out_dim} outputs")
             if site.rule == "through":
-                d = through_delta(ckpt.read(wkey), as_f64(s.vector), s.coef, arch.layout)
+                d = through_delta(ckpt.read(wkey), as_f64(s.vector), s.coef, layout)
             else:
                 d = direct_delta(as_f64(s.vector), s.coef, float(cfg[site.scale]) if site.scale else 1.0)
-            deltas[bkey] = deltas.get(bkey, 0) + d
-            weights[bkey] = wkey
-            coefs.setdefault(bkey, []).append(s.coef)
-    for (layer, module), d in extra.items():
-        wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
-        bkey = wkey[: -len("weight")] + "bias"
+            self.add(wkey, bkey, d, s.coef)
+
+    def fitted(self, layer: int, module: str, d: np.ndarray) -> None:
+        """Add a delta fitted by an approximate bake."""
+        wkey, bkey = self.keys(layer, module)
         d = np.asarray(d, dtype=np.float64)
-        if bkey in ckpt.tensors and ckpt.tensors[bkey].shape != d.shape:
-            raise _mismatch(ckpt, bkey, f"does not fit the fitted {d.shape[0]} outputs")
-        deltas[bkey] = deltas.get(bkey, 0) + d
-        weights[bkey] = wkey
+        if bkey in self.ckpt.tensors and self.ckpt.tensors[bkey].shape != d.shape:
+            raise _mismatch(self.ckpt, bkey, f"does not fit the fitted {d.shape[0]} outputs")
+        self.add(wkey, bkey, d)
 
-    updates, originals = {}, {}
-    for bkey, d in deltas.items():
-        old = ckpt.read(bkey) if bkey in ckpt.tensors else None
-        dtype = old.dtype if old is not None else ckpt.tensors[weights[bkey]].np_dtype
-        updates[bkey] = apply_delta(old, d, dtype)
-        check_cast(bkey, old, d, updates[bkey], coefs.get(bkey, []))
-        if old is not None:
-            originals[bkey] = old
-    for flag in flags:  # a switched-on flag creates a bias in every block: write explicit zeros
-        for module, slot in arch.linears.items():
-            if slot != flag:
-                continue
-            for layer in range(n_layers):
-                wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
-                bkey = wkey[: -len("weight")] + "bias"
-                if bkey not in ckpt.tensors and bkey not in updates:
-                    out_dim = _linear_dims(ckpt, wkey, arch.layout)[0]
-                    updates[bkey] = np.zeros(out_dim, dtype=ckpt.tensors[wkey].np_dtype)
+    def cast(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(new values in the checkpoint's dtype, values before the bake of the keys that existed)."""
+        updates, originals = {}, {}
+        for bkey, d in self.sums.items():
+            old = self.ckpt.read(bkey) if bkey in self.ckpt.tensors else None
+            dtype = old.dtype if old is not None else self.ckpt.bias_dtype(self.weights[bkey])
+            updates[bkey] = apply_delta(old, d, dtype)
+            check_cast(bkey, old, d, updates[bkey], self.coefs.get(bkey, []))
+            if old is not None:
+                originals[bkey] = old
+        return updates, originals
 
-    config = dict(ckpt.config)
-    if relabels:
+
+def _zeros_for_flags(ckpt: TensorSource, arch: Arch, flags: list[str], n_layers: int,
+                     updates: dict[str, np.ndarray]) -> None:
+    """A switched-on flag creates a bias in every block: write explicit zeros where none is written."""
+    for module in (m for m, slot in arch.linears.items() if slot in flags):
+        for layer in range(n_layers):
+            wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
+            bkey = wkey[: -len("weight")] + "bias"
+            if bkey not in ckpt.tensors and bkey not in updates:
+                updates[bkey] = np.zeros(_linear_dims(ckpt, wkey, arch.layout)[0], dtype=ckpt.bias_dtype(wkey))
+
+
+def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, flags: list[str]) -> dict:
+    config = dict(config)
+    if relabelled:
         for key in source.relabel.drop:
             config.pop(key, None)
         config["model_type"] = arch.model_types[0]
         config["architectures"] = [arch.architectures[0]]
     for flag in flags:
         config[flag] = True
-    return Plan(arch, source.name if relabels else None, flags, config, updates, originals)
+    return config
+
+
+def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.ndarray] | None = None,
+         arch: Arch | None = None) -> Plan:
+    """Every bias the bake changes or adds, and the config it writes. Reads only the weights it folds.
+
+    The one planner of every output (a folder, a model in memory, a GGUF file): layout, scale, a site with
+    no fold and relabels all come from the table. ``extra``: bias deltas fitted by an approximate bake, per
+    (decoder block, linear module). ``arch``: the family to plan in (default: the table's entry for the
+    config; a GGUF passes its llama.cpp form).
+    """
+    source = arch or find_arch(ckpt.config)
+    _refuse_quantized(ckpt)
+    cfg = source.config(ckpt.config)
+    hidden, n_layers = source.hidden_and_layers(cfg)
+    if not extra:
+        check_items(items, hidden, n_layers)
+    targets = [fold_target(cfg, it.steer.site, source) for it in items]
+    relabelled = any(t.relabelled_from for t in targets)
+    written = next((t.arch for t in targets if t.relabelled_from), source)
+    flags = {f for t in targets for f in t.flags}  # a relabelled target's flags keep the source biases
+    flags |= {slot for slot in (written.bias_slot(m) for _, m in extra or {}) if not flag_on(cfg, slot)}
+    flags = sorted(flags)
+
+    deltas = _Deltas(ckpt, written)
+    for it in items:
+        deltas.fold(it.steer, written.sites[it.steer.site], cfg, hidden)
+    for (layer, module), d in (extra or {}).items():
+        deltas.fitted(layer, module, d)
+    updates, originals = deltas.cast()
+    _zeros_for_flags(ckpt, written, flags, n_layers, updates)
+    config = _written_config(ckpt.config, source, written, relabelled, flags)
+    return Plan(written, source.name if relabelled else None, flags, config, updates, originals)
+
+
+def recipe_core(items: list[Item], p: Plan, tensors: Mapping[str, object]) -> dict:
+    """What every bake records about its steers and tensors, whatever it writes."""
+    return {
+        "convention": CONVENTION,
+        "steers": [{"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
+                    "norm": float(np.linalg.norm(as_f64(it.steer.vector))), **it.origin} for it in items],
+        "tensors_changed": sorted(k for k in p.updates if k in tensors),
+        "tensors_added": sorted(k for k in p.updates if k not in tensors),
+    }
 
 
 def default_output(model_name: str, vector_names: list[str], site: str, layers: list[int]) -> Path:
@@ -211,7 +262,7 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
 
     from . import approx as ap
 
-    source = arch_for(ckpt.config)
+    source = find_arch(ckpt.config)
     cfg = source.config(ckpt.config)
     check_items(items, *source.hidden_and_layers(cfg))
     exact = [it for it in items if is_exact(cfg, it.steer.site)]
@@ -226,8 +277,9 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
         raise BakesteerError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
     try:
         tok = AutoTokenizer.from_pretrained(src)
-    except Exception:
-        raise BakesteerError(f"{src} has no usable tokenizer; an approximate bake reads calibration text with it.")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise BakesteerError(f"{src} has no usable tokenizer ({type(e).__name__}); an approximate bake reads "
+                             "calibration text with it.") from e
     ap.tokenized(tok, calib, opts.tokens)  # refuses too little text before loading the model
     if not progress:
         transformers.utils.logging.disable_progress_bar()
@@ -257,8 +309,9 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
 
 
 def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, progress: bool,
-          source_info: dict | None, link: bool, approx: ApproxOptions | None = None, prev: Record | None = None) -> dict:
-    cfg = arch_for(ckpt.config).config(ckpt.config)
+          source_info: dict | None, link: bool, approx: ApproxOptions | None = None,
+          prev: Record | None = None) -> dict:
+    cfg = find_arch(ckpt.config).config(ckpt.config)
     approximation, heldout = None, None
     if approx is not None and not all(is_exact(cfg, it.steer.site) for it in items):
         if prev is not None:
@@ -270,7 +323,6 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
     if prev is not None and not prev.recipe.get("exact", True):
         raise BakesteerError(f"{src} holds an approximate bake, which does not compose; bake every vector in one "
                              "run from the unbaked model.")
-    changed = sorted(k for k in p.updates if k in ckpt.tensors)
     recipe = {
         "bakesteer_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -290,11 +342,7 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
             "flags_switched_on": p.flags,
         },
         "dtype": str(next(iter(p.updates.values())).dtype),
-        "convention": "layer L = decoder block L (0-based); resid = residual stream after block L",
-        "steers": [{"site": it.steer.site, "layer": it.steer.layer, "coef": it.steer.coef,
-                    "norm": float(np.linalg.norm(as_f64(it.steer.vector))), **it.origin} for it in items],
-        "tensors_changed": changed,
-        "tensors_added": sorted(k for k in p.updates if k not in ckpt.tensors),
+        **recipe_core(items, p, ckpt.tensors),
     }
     index = ckpt.root / INDEX
     copied = sum((ckpt.root / s).stat().st_size for s in ckpt.shard_meta)  # copied or linked, each hashed

@@ -38,7 +38,7 @@ def _figures(v: dict | None, exact: bool) -> list[str]:
                 f"{'PASS (reproduced)' if v['passed'] else 'FAIL'}.", ""]
     lines = [f"`bakesteer verify` ({v['dtype']}, {len(v['prompts'])} fixed prompts): "
              f"{'PASS' if v['passed'] else 'FAIL'}", "",
-             f"| max \\|Δlogit\\| baked vs hooked | tolerance | steering effect max \\|hooked − source\\| | "
+             "| max \\|Δlogit\\| baked vs hooked | tolerance | steering effect max \\|hooked − source\\| | "
              "KL(source ‖ hooked) nats/token | greedy tokens |", "|---|---|---|---|---|",
              f"| {v['max_abs_diff']:.3g} | {v['tolerance']:.3g} | {v['steering_effect']:.3g} | "
              f"{v['kl_source_hooked']:.4g} | {v['greedy_tokens']} {'identical' if v['greedy_match'] else 'DIFFERENT'} |",

@@ -79,6 +79,10 @@ class TensorSource:
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
+    def bias_dtype(self, weight_key: str) -> np.dtype:
+        """The dtype of a bias the bake adds beside this weight: the weight's own."""
+        return self.tensors[weight_key].np_dtype
+
 
 # bits per element of every safetensors dtype (sub-byte types pack several elements into a byte)
 DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6,

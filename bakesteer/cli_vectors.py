@@ -62,7 +62,7 @@ def _flat(groups: list[list[int]] | None) -> list[int] | None:
 def cmd_extract(a: argparse.Namespace) -> int:
     from .extract import Prompting, cli_pairs, extract, load_model, load_pairs
     from .arch import check_site
-    from .formats import check_expressible, format_for, write_vectors
+    from .vectors import check_expressible, format_for, write_vectors
 
     if a.pairs and (a.pos or a.neg):
         raise BakesteerError("give pairs either with --pairs or with --pos/--neg, not both.")
@@ -109,7 +109,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from .formats import blocks_of, check_model, explained_of, format_for, model_info, write_vectors
+    from .vectors import blocks_of, check_model, explained_of, format_for, model_info, write_vectors
     from .vectors import load_vector_file
 
     vf = load_vector_file(a.input)
@@ -140,7 +140,7 @@ def _key(fmt: str, block: int) -> str:
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from .formats import describe
+    from .vectors import describe
 
     info = describe(a.file)
     if a.json:

@@ -24,6 +24,11 @@ def through_delta(weight: np.ndarray, v: np.ndarray, coef: float, layout: Layout
     computes x @ W + b. Rows are upcast a chunk at a time, so memory stays near one chunk.
     """
     v = np.asarray(v, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN (even signalling) is refused by check_cast
+        return _through(weight, v, coef, layout)
+
+
+def _through(weight: np.ndarray, v: np.ndarray, coef: float, layout: Layout) -> np.ndarray:
     rows = max(1, ROWS_BYTES // (8 * weight.shape[1]))
     if layout == "linear":
         assert weight.shape[1] == v.shape[0], (weight.shape, v.shape)
@@ -50,7 +55,7 @@ def apply_delta(bias: np.ndarray | None, delta: np.ndarray, dtype: np.dtype) -> 
     base = np.zeros_like(delta) if bias is None else bias.astype(np.float64)
     assert base.shape == delta.shape, (base.shape, delta.shape)
     total = base + delta
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by check_cast, with the coefficient that fits
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by check_cast (with what fits)
         if np.dtype(dtype).itemsize == 2:
             total = total.astype(np.float32)
         return total.astype(dtype)

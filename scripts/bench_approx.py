@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +31,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bakesteer.approx import HELDOUT_TOKENS, batches, encode, fit, read_calib
 from bakesteer.models import ensure_default_model
 from bakesteer.steer import Steer
-from bakesteer.tiny import pretend_no_mlp_bias
 from bakesteer.vectors import load_vector_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny import pretend_no_mlp_bias  # noqa: E402  (test fixtures, tests/tiny.py)
 
 
 def main() -> None:
@@ -50,7 +54,7 @@ def main() -> None:
     vf = load_vector_file("bakesteer/data/love.svec")
     calib = read_calib(None)
     held = batches(encode(tok, calib.heldout, HELDOUT_TOKENS), 16, "cpu")
-    print(f"# bench_approx: SmolLM2-135M-Instruct fp32, MLP bias slots declared unavailable; Love-Hate resid vector"
+    print("# bench_approx: SmolLM2-135M-Instruct fp32, MLP bias slots declared unavailable; Love-Hate resid vector"
           + (" as unit directions" if a.unit else " (the bundled mean differences)"))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
           f"{torch.__version__}; built-in calibration text: {len(calib.fit)} passages to fit ({a.tokens} tokens), "

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bakesteer.bake import Item, bake
 from bakesteer.extract import Pair, Prompting, extract
-from bakesteer.formats import write_vectors
+from bakesteer.vectors import write_vectors
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import DEFAULT_NAME, ensure_default_model
 

@@ -6,6 +6,7 @@ own error (hooked fp32 vs hooked fp64), the steering effect max |hooked − unst
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import SITES, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
-from bakesteer.tiny import CONFIGS, HIDDEN, VOCAB, save_model
 from bakesteer.verify import compare
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny import CONFIGS, HIDDEN, VOCAB, save_model  # noqa: E402  (test fixtures, tests/tiny.py)
 
 
 def _measure(src: Path, source, steers: list[Steer], prompts, work: Path, tag: str):

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from hostile_tools import HIDDEN, write_gguf_model, write_model  # noqa: E402
 
 from bakesteer.cli import main  # noqa: E402
-from bakesteer.formats import write_vectors  # noqa: E402
+from bakesteer.vectors import write_vectors  # noqa: E402
 
 OUT = ROOT / "tests" / "fuzz_corpus"
 

@@ -1,9 +1,45 @@
-"""Shared checks: hooked vs baked logits and greedy tokens."""
+"""Shared checks: a refused command (one sentence, exit 2, nothing changed), a folder fingerprint, hooked vs
+baked logits and greedy tokens."""
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import torch
 
+from bakesteer.cli import main
 from bakesteer.hooks import Steer, steering
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every path under ``roots`` -> a fingerprint (sha256 of a file, the target of a link, 'dir')."""
+    out = {}
+    for root in roots:
+        for dirpath, dirs, files in os.walk(root):
+            for name in dirs + files:
+                p = Path(dirpath) / name
+                if p.is_symlink():
+                    out[str(p)] = "link:" + os.readlink(p)
+                elif p.is_dir():
+                    out[str(p)] = "dir"
+                elif p.is_file():
+                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def refused(capsys, argv: list[str], match: str, *watched: Path) -> str:
+    """Run the CLI in-process: exit 2, one line on stderr containing ``match``, nothing under ``watched``
+    changed (an output that did not exist stays absent), and no exception escaping."""
+    before = snapshot(*watched)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    assert err.startswith("bakesteer: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+    assert snapshot(*watched) == before, "a refused run changed files"
+    return err
 
 
 @torch.inference_mode()

@@ -2,16 +2,14 @@
 runner that demands one sentence, exit 2, no traceback."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save
 
-from bakesteer.cli import main
+from helpers import refused, snapshot  # noqa: F401  (shared with every test file)
 
 HIDDEN, INTER, LAYERS, VOCAB = 16, 32, 2, 32
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN,
@@ -70,38 +68,6 @@ def split_header(data: bytes) -> tuple[dict, bytes]:
 def join_header(header: dict, body: bytes) -> bytes:
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + body
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Every path under ``roots`` -> a fingerprint (sha256 of a file, the target of a link, 'dir')."""
-    out = {}
-    for root in roots:
-        for dirpath, dirs, files in os.walk(root):
-            for name in dirs + files:
-                p = Path(dirpath) / name
-                if p.is_symlink():
-                    out[str(p)] = "link:" + os.readlink(p)
-                elif p.is_dir():
-                    out[str(p)] = "dir"
-                elif p.is_file():
-                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-                else:
-                    out[str(p)] = "special"
-    return out
-
-
-def refused(capsys, argv: list[str], match: str, *watched: Path) -> str:
-    """Run the CLI in-process: exit 2, one line on stderr containing ``match``, nothing under ``watched``
-    changed, and no exception escaping (a traceback fails the test by itself)."""
-    before = snapshot(*watched)
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, (code, err)
-    assert err.startswith("bakesteer: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert match in err, err
-    assert snapshot(*watched) == before, "a refused run changed files"
-    return err
 
 
 def write_gguf_model(path: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from bakesteer.gguf_bake import write_copy
+from bakesteer.gguf_io import write_copy
 from bakesteer.models import cache_dir
 
 

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bakesteer.cli import main
 from bakesteer.hooks import Steer, steering
-from bakesteer.tiny import HIDDEN, LAYERS, save_char_tokenizer, save_model
+from helpers import refused
+from tiny import HIDDEN, LAYERS, save_char_tokenizer, save_model
 
 CASES = [("qwen3", "resid"), ("gemma2", "resid"), ("gemma3", "resid"), ("olmo2", "resid"), ("gemma2", "mlp_in"),
          ("olmo2", "mlp_in"), ("qwen3", "mlp_out"), ("gemma", "resid"), ("gemma2", "mlp_out")]
@@ -156,17 +157,6 @@ def test_unbake_restores_an_approximate_bake(tmp_path):
     assert (back / "config.json").read_bytes() == (src / "config.json").read_bytes()
 
 
-def _refused(capsys, argv, match, tmp_path, out) -> None:
-    before = sorted(p.name for p in tmp_path.iterdir())
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("bakesteer: error: ") and match in err, err
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
-
-
 @pytest.mark.parametrize("calib,extra,match", [
     ("# only a comment\n\n", [], "has 0 passage(s)"),
     ("a\nb\nc\nd\ne\n", [], "tokens to fit on"),
@@ -181,14 +171,14 @@ def test_bad_approximate_input(tmp_path, capsys, calib, extra, match):
         (tmp_path / "calib.txt").write_text(calib)
         argv += ["--calib", str(tmp_path / "calib.txt")]
     argv += extra if "--layer" in extra else ["--layer", "1", *extra]
-    _refused(capsys, argv, match, tmp_path, out)
+    refused(capsys, argv, match, tmp_path, out)
 
 
 def test_refusal_points_to_approx_and_approximations_do_not_compose(tmp_path, capsys):
     src, out = _source(tmp_path, "olmo2"), tmp_path / "out"
     vec = _vector(tmp_path)
     base = ["bake", "--model", str(src), "--vector", vec, "--layer", "1", "-q"]
-    _refused(capsys, base + ["-o", str(out)], "sites that bake exactly here: attn_in, attn_out; or pass --approx",
+    refused(capsys, base + ["-o", str(out)], "sites that bake exactly here: attn_in, attn_out; or pass --approx",
              tmp_path, out)
     assert main(base + ["-o", str(out), "--approx", *ARGS]) == 0
     again = tmp_path / "again"

@@ -1,11 +1,15 @@
 """The architecture table agrees with transformers' own modeling code and config classes."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from bakesteer.arch import ALWAYS, ARCHS, NEVER, SITES
-from bakesteer.tiny import CONFIGS
+from bakesteer.arch import (ALWAYS, ARCHS, GROUPS, NEVER, RUNTIMES, SITES, context_length, exact_sites, find_arch,
+                            variant)
+from bakesteer.errors import BakesteerError
+from tiny import CONFIGS, llama_without_mlp_bias
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
@@ -35,19 +39,57 @@ def test_every_module_and_bias_slot_exists_as_the_table_says(tiny):
         assert hook == "" or block.get_submodule(hook) is not None
 
 
-def test_portability_table_covers_every_family_and_runtime():
-    from bakesteer.arch import ARCHS
-    from bakesteer.portability import GROUPS, RUNTIMES, TABLE, group_of, support, warnings
+def test_portability_rows_cover_every_written_family_and_runtime():
+    from bakesteer.portability import support, warnings
 
-    written = {a.relabel.to if a.relabel else a.name for a in ARCHS.values()} | {a.name for a in ARCHS.values()}
-    for fam in written - {"mistral"}:  # Mistral is always written as Llama
-        assert set(TABLE[fam]) == set(RUNTIMES), fam
-        assert all(set(row) == set(GROUPS) for row in TABLE[fam].values()), fam
-    assert [group_of(k) for k in ("model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.o_proj.bias",
-                                  "model.layers.0.mlp.down_proj.bias", "transformer.h.0.attn.c_attn.bias",
-                                  "transformer.h.0.attn.c_proj.bias", "transformer.h.0.mlp.c_proj.bias",
-                                  "gpt_neox.layers.0.attention.dense.bias")] == ["qkv", "o", "mlp", "qkv", "o",
-                                                                                  "mlp", "o"]
+    written = {a.relabel.to if a.relabel else a.name for a in ARCHS.values()}
+    for fam in written:
+        assert set(ARCHS[fam].runtimes) == set(RUNTIMES), fam
+        assert all(set(row) == set(GROUPS) for row in ARCHS[fam].runtimes.values()), fam
     assert support("llama", ["mlp"])["SGLang"] == "ignored" and support("llama", ["qkv"])["SGLang"] == "yes"
     assert any("vLLM" in w and "o_proj" in w for w in warnings("qwen3", ["qkv", "o"]))
     assert warnings("gpt2", ["qkv", "o", "mlp"]) == []
+
+
+@pytest.mark.parametrize("key,family,group", [
+    ("model.layers.0.self_attn.q_proj.bias", "llama", "qkv"), ("model.layers.0.self_attn.o_proj.bias", "llama", "o"),
+    ("model.layers.0.mlp.down_proj.bias", "llama", "mlp"), ("transformer.h.0.attn.c_attn.bias", "gpt2", "qkv"),
+    ("h.0.attn.c_proj.bias", "gpt2", "o"), ("transformer.h.0.mlp.c_proj.bias", "gpt2", "mlp"),
+    ("gpt_neox.layers.0.attention.dense.bias", "gpt_neox", "o"),
+])
+def test_bias_group_of_a_key_is_the_table_field_of_its_linear(key, family, group):
+    assert ARCHS[family].group_of(key) == group
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_context_length_name_is_a_config_field(name):
+    arch = ARCHS[name]
+    full = AutoConfig.for_model(arch.model_types[0]).to_dict()
+    assert isinstance(full.get(arch.context), int), (arch.context, full.get(arch.context))
+    assert context_length({**full, "model_type": arch.model_types[0]}) == full[arch.context]
+
+
+def test_the_table_cannot_be_changed_and_a_variant_is_scoped():
+    llama = ARCHS["llama"]
+    with pytest.raises(TypeError):
+        ARCHS["llama"] = llama  # type: ignore[index]
+    with pytest.raises(TypeError):
+        llama.linears["mlp.down_proj"] = NEVER  # type: ignore[index]
+    with pytest.raises(TypeError):
+        llama.runtimes["SGLang"]["mlp"] = "yes"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        llama.layers = "x"  # type: ignore[misc]
+    cfg = {"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 2}
+    assert "resid" in exact_sites(cfg)
+    with variant(llama_without_mlp_bias()):
+        assert "resid" not in exact_sites(cfg) and find_arch(cfg) is not llama
+    assert "resid" in exact_sites(cfg) and find_arch(cfg) is llama and ARCHS["llama"] is llama
+
+
+def test_find_arch_refuses_in_one_sentence():
+    with pytest.raises(BakesteerError, match="model_type 'bert' is not supported"):
+        find_arch({"model_type": "bert"})
+    with pytest.raises(BakesteerError, match="GGUF architecture 'qwen3' is not in bakesteer's table"):
+        find_arch(gguf="qwen3")
+    assert {find_arch(gguf=a.gguf.name).name for a in ARCHS.values() if a.gguf} == {"llama", "gpt2", "granite",
+                                                                                      "qwen2"}

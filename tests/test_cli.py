@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
 from bakesteer.cli import main
-from bakesteer.tiny import HIDDEN, save_model
+from helpers import refused
+from tiny import HIDDEN, save_model
 
 
 @pytest.fixture
@@ -25,39 +26,28 @@ def _vec(path, values) -> str:
     return str(path)
 
 
-def _refused(capsys, argv, match, out, tmp_path) -> None:
-    before = sorted(p.name for p in tmp_path.iterdir())
-    capsys.readouterr()  # drop what the test's own setup printed
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("bakesteer: error: ") and match in err, err
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary folder left behind
-
-
 def test_hidden_size_mismatch(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN + 1))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
              "hidden size is 64", tmp_path / "o", tmp_path)
 
 
 def test_layer_out_of_range(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "4", "-o", str(tmp_path / "o")],
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "4", "-o", str(tmp_path / "o")],
              "layer 4 is out of range; this model has blocks 0 to 3", tmp_path / "o", tmp_path)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_inf_in_the_vector(tmp_path, llama_dir, capsys, bad):
     v = _vec(tmp_path / "v.npy", [bad] + [0.0] * (HIDDEN - 1))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
              "NaN or infinite", tmp_path / "o", tmp_path)
 
 
 def test_nan_coefficient(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "--coef", "nan",
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "--coef", "nan",
                       "-o", str(tmp_path / "o")], "not a finite number", tmp_path / "o", tmp_path)
 
 
@@ -66,25 +56,25 @@ def test_unsupported_architecture(tmp_path, capsys):
                     word_embed_proj_dim=HIDDEN)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "opt")
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", "1",
+    refused(capsys, ["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", "1",
                       "-o", str(tmp_path / "o")], "model_type 'opt' is not supported", tmp_path / "o", tmp_path)
 
 
 def test_non_exact_site_names_the_sites_that_work(tmp_path, capsys):
     save_model("qwen3", tmp_path / "qwen3")
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(tmp_path / "qwen3"), "--vector", v, "--layer", "1",
+    refused(capsys, ["bake", "--model", str(tmp_path / "qwen3"), "--vector", v, "--layer", "1",
                       "-o", str(tmp_path / "o")], "sites that bake exactly here: attn_in, attn_out",
              tmp_path / "o", tmp_path)
 
 
-def test_mistral_with_a_sliding_window_is_refused(tmp_path, capsys):
+def test_mistral_with_a_sliding_window_isrefused(tmp_path, capsys):
     model = save_model("mistral", tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["sliding_window"] = 16
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in",
+    refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in",
                       "-o", str(tmp_path / "o")], "sliding attention window of 16 tokens", tmp_path / "o", tmp_path)
     del model
 
@@ -92,15 +82,15 @@ def test_mistral_with_a_sliding_window_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("content", [b"\x00\x01garbage", b"{not json"])
 def test_unreadable_vector_file(tmp_path, llama_dir, capsys, content):
     (tmp_path / "v.svec").write_bytes(content)
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", str(tmp_path / "v.svec"), "--layer", "1",
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", str(tmp_path / "v.svec"), "--layer", "1",
                       "-o", str(tmp_path / "o")], "not valid JSON", tmp_path / "o", tmp_path)
 
 
 def test_missing_vector_file_and_model(tmp_path, llama_dir, capsys):
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", str(tmp_path / "nope.svec"), "--layer", "1",
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", str(tmp_path / "nope.svec"), "--layer", "1",
                       "-o", str(tmp_path / "o")], "does not exist", tmp_path / "o", tmp_path)
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(tmp_path / "nomodel"), "--vector", v, "--layer", "1",
+    refused(capsys, ["bake", "--model", str(tmp_path / "nomodel"), "--vector", v, "--layer", "1",
                       "-o", str(tmp_path / "o")], "does not exist", tmp_path / "o", tmp_path)
 
 
@@ -108,7 +98,7 @@ def test_corrupt_checkpoint(tmp_path, llama_dir, capsys):
     data = (llama_dir / "model.safetensors").read_bytes()
     (llama_dir / "model.safetensors").write_bytes(data[: len(data) // 2])
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
              "truncated or corrupt", tmp_path / "o", tmp_path)
 
 
@@ -132,7 +122,7 @@ def test_existing_output_is_refused_without_force_and_force_replaces_only_a_bake
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "o", "v.npy"]
 
 
-def test_output_inside_the_model_folder_is_refused(tmp_path, llama_dir, capsys):
+def test_output_inside_the_model_folder_isrefused(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
     assert main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(llama_dir / "x")]) == 2
     assert "is the input" in capsys.readouterr().err and not (llama_dir / "x").exists()
@@ -182,7 +172,7 @@ def test_unknown_model_type_is_refused_before_transformers_reads_it(tmp_path, ll
     cfg["model_type"] = "my_custom_remote_code_model"
     (llama_dir / "config.json").write_text(json.dumps(cfg))
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
              "'my_custom_remote_code_model' is not supported", tmp_path / "o", tmp_path)
 
 
@@ -210,10 +200,10 @@ def test_hub_id_is_resolved_from_the_local_cache_only(tmp_path, monkeypatch, cap
     assert "model folder ./gpt2 does not exist" in capsys.readouterr().err
 
 
-def test_quantized_checkpoint_is_refused(tmp_path, llama_dir, capsys):
+def test_quantized_checkpoint_isrefused(tmp_path, llama_dir, capsys):
     cfg = json.loads((llama_dir / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
     (llama_dir / "config.json").write_text(json.dumps(cfg))
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    _refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
+    refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
              "is a gptq checkpoint; bake the unquantized model", tmp_path / "o", tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bakesteer.cli import main
-from bakesteer.tiny import HIDDEN
+from tiny import HIDDEN
 from test_evaluate import tiny_with_tokenizer
 
 

@@ -13,7 +13,7 @@ from bakesteer.bake import Item, bake
 from bakesteer.checkpoint import Checkpoint
 from bakesteer.hooks import Steer, steering
 from helpers import hooked_vs_baked, logits
-from bakesteer.tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
+from tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
 
 TOL = 1e-4
 EXPECTED_EXACT = {  # what the table must say; checked so a table edit cannot silently drop a site

@@ -12,7 +12,7 @@ import torch
 
 from bakesteer import evaluate as ev
 from bakesteer.cli import main
-from bakesteer.tiny import HIDDEN, make_model, save_model
+from tiny import HIDDEN, make_model, save_model
 
 
 def tiny_with_tokenizer(path, name: str = "llama"):

@@ -13,7 +13,7 @@ from bakesteer.cli import main
 from bakesteer.errors import BakesteerError
 from bakesteer.extract import Pair, Prompting, capture, direction, extract, load_pairs, parse_pairs
 from bakesteer.hooks import site_at, watch
-from bakesteer.tiny import CONFIGS, LAYERS, VOCAB, make_model
+from tiny import CONFIGS, LAYERS, VOCAB, make_model
 from bakesteer.vectors import load_vector_file
 
 TOL = 1e-4  # fp32 batching moves values by ~1e-5; a padding or indexing bug moves them by O(1)

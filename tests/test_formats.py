@@ -12,11 +12,11 @@ from transformers import AutoModelForCausalLM
 from bakesteer.bake import Item, bake
 from bakesteer.cli import main
 from bakesteer.errors import BakesteerError
-from bakesteer.formats import describe, write_vectors
+from bakesteer.vectors import describe, write_vectors
 from bakesteer.hooks import Steer
-from bakesteer.tiny import HIDDEN, LAYERS, VOCAB, save_model
+from tiny import HIDDEN, LAYERS, VOCAB, save_model
 from bakesteer.vectors import load_vector_file, pick
-from helpers import greedy, logits
+from helpers import refused, greedy, logits
 
 MODEL = {"model_type": "llama", "name": "tiny", "hidden_size": HIDDEN, "num_hidden_layers": LAYERS}
 
@@ -100,13 +100,6 @@ def test_a_bake_from_each_format_adds_at_the_residual_after_block_2(tmp_path, fm
     assert greedy(baked, ids) == g_hooked
 
 
-def _refused(capsys, argv, match):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("bakesteer: error: ") and match in err and err.count("\n") == 0, err
-
-
 def test_convert_refuses_what_the_target_cannot_express(tmp_path, capsys):
     write_vectors(tmp_path / "attn.svec", "bakesteer", "attn_in", _blocks(1), MODEL)
     write_vectors(tmp_path / "all.svec", "bakesteer", "resid", _blocks(0, 1, 2, 3), MODEL)
@@ -114,18 +107,18 @@ def test_convert_refuses_what_the_target_cannot_express(tmp_path, capsys):
     ibm.write_text(json.dumps({"model_type": "llama", "directions": {"0": [0.1] * HIDDEN, "1": [0.2] * HIDDEN},
                                "explained_variances": {"0": 1.0, "1": 1.0}}))
     out = tmp_path / "out.gguf"
-    _refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(out)],
+    refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(out)],
              "only holds residual-stream vectors, not attn_in")
-    _refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(tmp_path / "o.svec"), "--to", "ibm"], "not attn_in")
-    _refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out)], "direction.0, which llama.cpp refuses")
-    _refused(capsys, ["convert", str(tmp_path / "all.svec"), str(tmp_path / "o.svec"), "--to", "ibm"],
+    refused(capsys, ["convert", str(tmp_path / "attn.svec"), str(tmp_path / "o.svec"), "--to", "ibm"], "not attn_in")
+    refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out)], "direction.0, which llama.cpp refuses")
+    refused(capsys, ["convert", str(tmp_path / "all.svec"), str(tmp_path / "o.svec"), "--to", "ibm"],
              "block 3 is the last")
-    _refused(capsys, ["convert", str(ibm), str(tmp_path / "o.svec")], "input of block 0 (the embeddings)")
-    _refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out), "--layers", "7"], "has no vector for layer 7")
+    refused(capsys, ["convert", str(ibm), str(tmp_path / "o.svec")], "input of block 0 (the embeddings)")
+    refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out), "--layers", "7"], "has no vector for layer 7")
     assert not out.exists() and not (tmp_path / "o.svec").exists()
     assert main(["convert", str(tmp_path / "all.svec"), str(out), "--layers", "1-2"]) == 0  # what it can hold
     assert sorted(load_vector_file(out).vectors) == [1, 2]
-    _refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out), "--layers", "1-2"], "already exists")
+    refused(capsys, ["convert", str(tmp_path / "all.svec"), str(out), "--layers", "1-2"], "already exists")
 
 
 def test_steering_vectors_names_no_gemma2_pre_feedforward_norm(tmp_path):
@@ -148,9 +141,9 @@ def test_bad_gguf_files(tmp_path, capsys):
     other = write("other.gguf", "controlvector", {"direction.1": np.ones(HIDDEN, np.float32),
                                                   "bias.1": np.ones(HIDDEN, np.float32)})
     (tmp_path / "text.gguf").write_text("not a gguf")
-    _refused(capsys, ["inspect", model], "architecture 'llama', not a control vector")
-    _refused(capsys, ["inspect", other], "holds a tensor 'bias.1'")
-    _refused(capsys, ["inspect", str(tmp_path / "text.gguf")], "is not a readable GGUF file")
+    refused(capsys, ["inspect", model], "architecture 'llama', not a control vector")
+    refused(capsys, ["inspect", other], "holds a tensor 'bias.1'")
+    refused(capsys, ["inspect", str(tmp_path / "text.gguf")], "is not a readable GGUF file")
     zero = write("zero.gguf", "controlvector", {"direction.0": np.ones(HIDDEN, np.float32)})
     assert any("direction.0 is refused by llama.cpp" in n for n in describe(zero)["notes"])
 
@@ -158,9 +151,9 @@ def test_bad_gguf_files(tmp_path, capsys):
 def test_hidden_size_mismatch_with_the_model(tmp_path, capsys):
     save_model("llama", tmp_path / "m")
     write_vectors(tmp_path / "big.gguf", "gguf", "resid", {1: np.ones(HIDDEN + 8, np.float32)}, {})
-    _refused(capsys, ["convert", str(tmp_path / "big.gguf"), str(tmp_path / "o.svec"), "--model", str(tmp_path / "m")],
+    refused(capsys, ["convert", str(tmp_path / "big.gguf"), str(tmp_path / "o.svec"), "--model", str(tmp_path / "m")],
              f"has {HIDDEN + 8} entries but the model's hidden size is {HIDDEN}")
-    _refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", str(tmp_path / "big.gguf"), "--layer", "1",
+    refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", str(tmp_path / "big.gguf"), "--layer", "1",
                       "-o", str(tmp_path / "out"), "-q"], "it was made for another model")
     assert not (tmp_path / "o.svec").exists() and not (tmp_path / "out").exists()
 

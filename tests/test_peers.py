@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-np.float_ = np.float64  # repeng 0.4.0 names np.float_, removed in NumPy 2
-repeng = pytest.importorskip("repeng")
+with pytest.MonkeyPatch.context() as mp:  # repeng 0.4.0 names np.float_ (removed in NumPy 2) at import only
+    mp.setattr(np, "float_", np.float64, raising=False)
+    repeng = pytest.importorskip("repeng")
 sv_lib = pytest.importorskip("steering_vectors")
 
 from bakesteer.cli import main  # noqa: E402
@@ -142,7 +143,7 @@ def test_pca_directions_agree_with_repeng(model, tok, method):
 def test_bakesteer_files_load_in_the_peers(model, tok, tmp_path):
     """A bakesteer extraction written as GGUF reads in repeng; as a .pt dump it rebuilds a SteeringVector."""
     res = extract(model, tok, [Pair(p, n) for p, n in PAIRS], "attn_out", [3, 7])
-    from bakesteer.formats import write_vectors
+    from bakesteer.vectors import write_vectors
 
     write_vectors(tmp_path / "v.pt", "steering-vectors", "attn_out", res.vectors, {"model_type": "llama"})
     sv = sv_lib.SteeringVector(**torch.load(tmp_path / "v.pt", weights_only=True))

@@ -12,7 +12,8 @@ from huggingface_hub import ModelCard
 
 from bakesteer.card import DEFAULT_HUB_ID
 from bakesteer.cli import main
-from bakesteer.tiny import HIDDEN, save_model
+from helpers import refused
+from tiny import HIDDEN, save_model
 
 
 class MockHub:
@@ -95,25 +96,18 @@ def test_dry_run_uploads_nothing(hub, baked, capsys):
     assert "would upload" in out and "  model.safetensors.index.json" in out and "## Recipe" in out
 
 
-def _refused(capsys, argv, match):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
-
-
 def test_bad_pushes(hub, baked, tmp_path, capsys, monkeypatch):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "config.json").write_text("{}")
-    _refused(capsys, ["push", str(plain), "--repo", "u/n"], "not a bakesteer output")
+    refused(capsys, ["push", str(plain), "--repo", "u/n"], "not a bakesteer output")
     assert main(["push", str(plain), "--repo", "u/n", "--force", "-q"]) == 0  # pushed as it is
     assert set(hub.committed()) == {"config.json"}
-    _refused(capsys, ["push", str(baked), "--repo", "no-slash"], "is not a Hub id")
+    refused(capsys, ["push", str(baked), "--repo", "no-slash"], "is not a Hub id")
     hub.refuse = True
-    _refused(capsys, ["push", str(baked), "--repo", "u/n", "-q"], "the Hub refused the upload")
+    refused(capsys, ["push", str(baked), "--repo", "u/n", "-q"], "the Hub refused the upload")
     monkeypatch.delenv("HF_TOKEN")
-    _refused(capsys, ["push", str(baked), "--repo", "u/n", "-q"], "hf auth login")
+    refused(capsys, ["push", str(baked), "--repo", "u/n", "-q"], "hf auth login")
 
 
 def test_smollm2_dry_run_card(tmp_path, smollm2, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bakesteer.tiny import HIDDEN, save_char_tokenizer, save_model
+from tiny import HIDDEN, save_char_tokenizer, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

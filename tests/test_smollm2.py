@@ -68,7 +68,7 @@ def test_the_readme_main_job(tmp_path, monkeypatch, capsys):
 
 def test_smollm2_approximate_bake_with_mlp_slots_unavailable(tmp_path, capsys):
     """The --approx path on a real model: SmolLM2 with its MLP bias slots declared unavailable (as on Qwen3)."""
-    from bakesteer.tiny import pretend_no_mlp_bias
+    from tiny import pretend_no_mlp_bias
 
     out = tmp_path / "approx"
     with pretend_no_mlp_bias():

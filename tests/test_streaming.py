@@ -22,7 +22,8 @@ from bakesteer.cli import main
 from bakesteer.hooks import Steer
 from bakesteer.inmemory import bake_model, to_numpy
 from bakesteer.recipe import unbake
-from bakesteer.tiny import CONFIGS, HIDDEN, make_model, save_model
+from helpers import refused
+from tiny import CONFIGS, HIDDEN, make_model, save_model
 
 
 def _items(site: str, layers=(0, 2), seed: int = 0) -> list[Item]:
@@ -121,15 +122,6 @@ def test_a_killed_bake_leaves_no_output_and_the_next_run_cleans_up(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if ".bakesteer-" in p.name]
 
 
-def _refuse(capsys, argv, match, out):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if ".bakesteer-" in p.name]
-
-
 @pytest.fixture
 def sharded(tmp_path):
     make_model("llama").save_pretrained(tmp_path / "src", max_shard_size="40KB")
@@ -141,8 +133,8 @@ def test_missing_shard(sharded, capsys):
     src, rest = sharded
     shard = sorted(src.glob("model-*.safetensors"))[1]
     shard.unlink()
-    _refuse(capsys, ["bake", "--model", str(src), *rest], f"names {shard.name} but the file is missing",
-            src.parent / "out")
+    refused(capsys, ["bake", "--model", str(src), *rest], f"names {shard.name} but the file is missing",
+            src.parent)
 
 
 def test_index_that_names_a_missing_file(sharded, capsys):
@@ -150,7 +142,7 @@ def test_index_that_names_a_missing_file(sharded, capsys):
     index = json.loads((src / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.norm.weight"] = "model-99999-of-99999.safetensors"
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
-    _refuse(capsys, ["bake", "--model", str(src), *rest], "model-99999-of-99999.safetensors", src.parent / "out")
+    refused(capsys, ["bake", "--model", str(src), *rest], "model-99999-of-99999.safetensors", src.parent)
 
 
 @pytest.mark.parametrize("damage", ["truncated-header", "truncated-data", "garbage-header"])
@@ -161,7 +153,7 @@ def test_corrupt_shard(sharded, capsys, damage):
     n = int.from_bytes(data[:8], "little")
     shard.write_bytes({"truncated-header": data[: 8 + n // 2], "truncated-data": data[: 8 + n + 10],
                        "garbage-header": data[:8] + b"\xff" * n + data[8 + n:]}[damage])
-    _refuse(capsys, ["bake", "--model", str(src), *rest], "is truncated or corrupt", src.parent / "out")
+    refused(capsys, ["bake", "--model", str(src), *rest], "is truncated or corrupt", src.parent)
 
 
 def test_weights_the_fold_cannot_handle(tmp_path, capsys):
@@ -173,8 +165,8 @@ def test_weights_the_fold_cannot_handle(tmp_path, capsys):
     t["model.layers.1.self_attn.q_proj.weight"] = t["model.layers.1.self_attn.q_proj.weight"].to(torch.float8_e4m3fn)
     save_file(t, str(path))
     np.save(tmp_path / "v.npy", np.ones(HIDDEN, dtype=np.float32))
-    _refuse(capsys, ["bake", "--model", str(tmp_path / "src"), "--vector", str(tmp_path / "v.npy"), "--layer", "1",
-                     "--site", "attn_in", "-o", str(tmp_path / "out")], "is stored as F8_E4M3", tmp_path / "out")
+    refused(capsys, ["bake", "--model", str(tmp_path / "src"), "--vector", str(tmp_path / "v.npy"), "--layer", "1",
+                     "--site", "attn_in", "-o", str(tmp_path / "out")], "is stored as F8_E4M3", tmp_path)
 
 
 def test_disk_full_is_one_sentence_and_leaves_nothing(sharded, capsys, monkeypatch):
@@ -185,12 +177,12 @@ def test_disk_full_is_one_sentence_and_leaves_nothing(sharded, capsys, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "_patched", full)  # the first chunk of the first shard fails to be written
-    _refuse(capsys, ["bake", "--model", str(src), *rest], "no space left on the device", src.parent / "out")
+    refused(capsys, ["bake", "--model", str(src), *rest], "no space left on the device", src.parent)
 
 
 def test_unbake_refuses_a_folder_that_is_not_a_bake(sharded, capsys):
     src, _ = sharded
-    _refuse(capsys, ["unbake", str(src), "-o", str(src.parent / "out")], "has no bakesteer.json", src.parent / "out")
+    refused(capsys, ["unbake", str(src), "-o", str(src.parent / "out")], "has no bakesteer.json", src.parent)
 
 
 @pytest.mark.parametrize("shard_size", ["5GB", "40KB"])
@@ -244,8 +236,8 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys):
     monkey_cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        _refuse(capsys, ["bake", "--model", str(tmp_path / "bin"), "--vector", str(tmp_path / "v.npy"), "--layer",
-                         "1", "-o", str(tmp_path / "out"), "-q"], "could not be read safely", tmp_path / "out")
+        refused(capsys, ["bake", "--model", str(tmp_path / "bin"), "--vector", str(tmp_path / "v.npy"), "--layer",
+                         "1", "-o", str(tmp_path / "out"), "-q"], "could not be read safely", tmp_path)
     finally:
         os.chdir(monkey_cwd)
     assert not (tmp_path / "PWNED").exists()

@@ -15,7 +15,7 @@ from bakesteer.errors import BakesteerError
 from bakesteer.hooks import Steer
 from bakesteer.vectors import load_vector_file, pick, save_bakesteer_vector
 from helpers import greedy, logits
-from bakesteer.tiny import HIDDEN, VOCAB, save_model
+from tiny import HIDDEN, VOCAB, save_model
 
 
 def _ibm_svec(path, directions: dict[int, list]):
@@ -117,10 +117,15 @@ def test_bad_json_files_are_refused(tmp_path, content, match):
 
 def test_pickles_are_never_executed(tmp_path):
     class Boom:
-        def __reduce__(self):
-            return (exec, ("open('PWNED', 'w').write('x')",))
+        def __init__(self, marker):
+            self.marker = str(marker)
 
-    (tmp_path / "v.pt").write_bytes(pickle.dumps({"v": Boom()}))
+        def __reduce__(self):
+            return (exec, (f"open({self.marker!r}, 'w').write('x')",))
+
+    pickle.loads(pickle.dumps(Boom(tmp_path / "PROOF")))  # the payload works: plain unpickling runs it
+    assert (tmp_path / "PROOF").exists()
+    (tmp_path / "v.pt").write_bytes(pickle.dumps({"v": Boom(tmp_path / "PWNED")}))
     with pytest.raises(BakesteerError, match="could not be read"):
         load_vector_file(tmp_path / "v.pt")
     assert not (tmp_path / "PWNED").exists()

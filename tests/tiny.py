@@ -1,13 +1,13 @@
-"""Tiny random-weight models of every supported family, built from a config (no download)."""
+"""Test fixtures: tiny random-weight models of every supported family, built from a config (no download),
+and table variants that tests put in play with ``bakesteer.arch.variant`` (the table itself never changes)."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from .arch import APPROX_PRE_NORM, ARCHS, NEVER
+from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, GraniteConfig,
                           LlamaConfig, MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config)
 
@@ -55,18 +55,17 @@ def save_model(name: str, path, seed: int = 0, dtype=torch.float32) -> torch.nn.
     return model
 
 
-@contextlib.contextmanager
-def pretend_no_mlp_bias():
-    """Within the block the table says Llama's MLP has no bias slot (as on Qwen3): a test-only entry that
-    lets a real Llama (SmolLM2) measure approximate bakes against its exact hooked steering."""
+def llama_without_mlp_bias() -> Arch:
+    """Llama as if its MLP had no bias slot (as on Qwen3): lets a real Llama (SmolLM2) measure approximate
+    bakes against its exact hooked steering."""
     real = ARCHS["llama"]
-    ARCHS["llama"] = dataclasses.replace(real, linears={**real.linears, **{m: NEVER for m in real.linears
-                                                                          if m.startswith("mlp.")}},
-                                         approx=APPROX_PRE_NORM)
-    try:
-        yield
-    finally:
-        ARCHS["llama"] = real
+    return dataclasses.replace(real, linears={**real.linears, **{m: NEVER for m in real.linears
+                                                                 if m.startswith("mlp.")}}, approx=APPROX_PRE_NORM)
+
+
+def pretend_no_mlp_bias():
+    """Within the block, ``llama_without_mlp_bias`` answers for Llama."""
+    return variant(llama_without_mlp_bias())
 
 
 def save_char_tokenizer(path) -> None:

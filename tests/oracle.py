@@ -1,0 +1,86 @@
+"""An independent oracle: per family, where each site is in transformers' own module tree, written by hand
+from the modeling code (transformers 5.x), not read from bakesteer's table.
+
+``SITES[family][site]`` is (module path with ``{L}`` for the block, "output" | "input"): the hidden state the
+site names is that module's output (forward hook) or its first input (forward pre-hook). Sites absent from
+a family's row have no exact fold there. ``steered`` adds ``coef * v`` there at every position.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+_LLAMA_LIKE = {  # pre-norm block: x += attn(input_layernorm(x)); x += mlp(post_attention_layernorm(x))
+    "attn_in": ("model.layers.{L}.input_layernorm", "output"),
+    "mlp_in": ("model.layers.{L}.post_attention_layernorm", "output"),
+    "attn_out": ("model.layers.{L}.self_attn", "output"),
+    "mlp_out": ("model.layers.{L}.mlp", "output"),
+    "resid": ("model.layers.{L}", "output"),
+}
+_ATTENTION_ONLY = {k: _LLAMA_LIKE[k] for k in ("attn_in", "attn_out")}  # no MLP bias slot in the family
+_NEOX = {
+    "attn_in": ("gpt_neox.layers.{L}.input_layernorm", "output"),
+    "mlp_in": ("gpt_neox.layers.{L}.post_attention_layernorm", "output"),
+    "attn_out": ("gpt_neox.layers.{L}.attention", "output"),
+    "mlp_out": ("gpt_neox.layers.{L}.mlp", "output"),
+    "resid": ("gpt_neox.layers.{L}", "output"),
+}
+SITES: dict[str, dict[str, tuple[str, str]]] = {
+    "gpt2": {
+        "attn_in": ("transformer.h.{L}.ln_1", "output"),
+        "mlp_in": ("transformer.h.{L}.ln_2", "output"),
+        "attn_out": ("transformer.h.{L}.attn", "output"),
+        "mlp_out": ("transformer.h.{L}.mlp", "output"),
+        "resid": ("transformer.h.{L}", "output"),
+    },
+    "gpt_neox": _NEOX,
+    "gpt_neox_seq": _NEOX,
+    "llama": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,  # the block output itself: residual_multiplier is inside the block
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _ATTENTION_ONLY,
+    "gemma": _ATTENTION_ONLY,
+    "gemma2": _ATTENTION_ONLY,  # attn_out: the attention module's output, before post_attention_layernorm
+    "gemma3": _ATTENTION_ONLY,
+    "olmo2": {  # no pre-norm: the attention and MLP read the residual stream itself
+        "attn_in": ("model.layers.{L}.self_attn", "input"),
+        "attn_out": ("model.layers.{L}.self_attn", "output"),
+    },
+}
+
+
+def _add_output(delta: torch.Tensor):
+    def hook(module, inputs, output):
+        if isinstance(output, tuple):
+            return (output[0] + delta,) + tuple(output[1:])
+        return output + delta
+    return hook
+
+
+def _add_input(delta: torch.Tensor):
+    def hook(module, args, kwargs):
+        if args:
+            return (args[0] + delta,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + delta}
+    return hook
+
+
+@contextlib.contextmanager
+def steered(model: torch.nn.Module, family: str, site: str, vectors: dict[int, torch.Tensor],
+            coef: float) -> Iterator[torch.nn.Module]:
+    """Within the block, ``model`` adds ``coef * vectors[L]`` at ``site`` of each block L."""
+    path, at = SITES[family][site]
+    handles = []
+    try:
+        for layer, v in vectors.items():
+            module = model.get_submodule(path.format(L=layer))
+            delta = (coef * v).to(next(model.parameters()).dtype)
+            handles.append(module.register_forward_pre_hook(_add_input(delta), with_kwargs=True) if at == "input"
+                           else module.register_forward_hook(_add_output(delta)))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
