@@ -43,7 +43,7 @@ def pick_device(name: str | None) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError:
-        raise BakesteerError(f"--device {name} is not a device torch knows; use cpu, cuda or cuda:N.")
+        raise BakesteerError(f"--device {name} is not a device torch knows; use cpu, cuda or cuda:N.") from None
 
 
 @contextlib.contextmanager
@@ -122,7 +122,8 @@ class Model:
         try:
             hf_cfg = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "transformers_version"})
         except (ValueError, TypeError, KeyError) as e:
-            raise BakesteerError(f"{self.folder}/config.json does not load in transformers ({e}); fix the config.")
+            raise BakesteerError(f"{self.folder}/config.json does not load in transformers ({e}); "
+                                 "fix the config.") from None
         if attn_implementation:
             hf_cfg._attn_implementation = attn_implementation
         with _params_on_meta():

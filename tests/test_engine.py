@@ -94,3 +94,26 @@ def test_tied_embeddings_and_bf16(tmp_path):
                                                          attn_implementation="eager").eval()
         want = low_model(input_ids=batches(SEQS, 8)[0].ids, attention_mask=mask).logits
     assert low.dtype == torch.bfloat16 and _masked_max(low.float(), want.float(), mask) == 0.0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "gpt_neox"])
+def test_streamed_greedy_equals_generate(tmp_path, family):
+    from bakesteer.lm import greedy, prompts_stream
+
+    model = make_model(family)
+    model.save_pretrained(tmp_path / "m")
+    eng = Model(tmp_path / "m", attn_implementation="eager")
+    v = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(1)).numpy()
+    steer = [Steer("resid", 1, v, 4.0)]
+    want = []
+    for st in ([], steer):
+        with steering(model, st), torch.no_grad():
+            for s in SEQS[:2]:
+                x = torch.tensor([s])
+                g = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, min_new_tokens=12,
+                                   do_sample=False, pad_token_id=0)
+                want.append(g[0, len(s):].tolist())
+    got = greedy(eng, [prompts_stream(SEQS[:2]), prompts_stream(SEQS[:2], steer)], 12)
+    assert got[0] + got[1] == want
+    assert want[:2] != want[2:]  # the steer changed the tokens
+    assert eng.peak_blocks == 1
