@@ -255,8 +255,7 @@ class Model:
         kw = {"input_ids": batch.ids.to(self.device), "attention_mask": batch.mask.to(self.device)}
         if batch.positions is not None:
             kw["position_ids"] = batch.positions.to(self.device)
-        if use_cache:
-            kw.update(cache=batch.cache, use_cache=True)
+        kw.update(cache=batch.cache, use_cache=True) if use_cache else kw.update(use_cache=False)
         try:
             with torch.no_grad():
                 self.base(**kw)
