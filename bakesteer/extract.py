@@ -66,7 +66,8 @@ def parse_pairs(text: str, name: str, csv_format: bool = False) -> list[Pair]:
         try:
             doc = json.loads(text)
         except ValueError as e:
-            raise BakesteerError(f"{name} is not valid JSON ({e}); write a JSON array or one JSON object per line.") from None
+            raise BakesteerError(f"{name} is not valid JSON ({e}); write a JSON array or one JSON object "
+                                 "per line.") from None
         pairs = [_pair(obj, f"{name} item {i}") for i, obj in enumerate(doc)]
     else:
         pairs = []
@@ -76,7 +77,8 @@ def parse_pairs(text: str, name: str, csv_format: bool = False) -> list[Pair]:
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                raise BakesteerError(f"{name} line {n} is not valid JSON ({e.args[0].split(':')[0]}); fix that line.") from None
+                why = e.args[0].split(':')[0]
+                raise BakesteerError(f"{name} line {n} is not valid JSON ({why}); fix that line.") from None
             pairs.append(_pair(obj, f"{name} line {n}"))
     if not pairs:
         raise BakesteerError(f"{name} holds no pairs; give at least one {{\"positive\": ..., \"negative\": ...}} pair.")
@@ -334,7 +336,8 @@ def load_model(ref: str | None, device: str = "cpu", dtype: str = "float32", qui
     try:
         cfg = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        raise BakesteerError(f"{path} has no readable config.json; pass a Hugging Face model folder with --model.") from None
+        raise BakesteerError(f"{path} has no readable config.json; pass a Hugging Face model folder with "
+                             "--model.") from None
     arch = arch_for(cfg)
     hidden, n_layers = arch.hidden_and_layers(arch.config(cfg))
     tok = load_tokenizer(path, "extraction needs one")
