@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="compare a baked folder with hook-based steering of its source")
     v.add_argument("dir", help="a folder written by `bakesteer bake`")
     v.add_argument("--new-tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); one block resident either way")
+    v.add_argument("--random-prompts", action="store_true",
+                   help="verify on seeded random token ids (for a folder with no tokenizer)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
     h = sub.add_parser("push", help="upload a baked folder to the Hugging Face Hub with its model card")
@@ -169,7 +172,8 @@ def cmd_unbake(a: argparse.Namespace) -> int:
 def cmd_verify(a: argparse.Namespace) -> int:
     from .verify import record_verification, verify
 
-    recipe, report = verify(a.dir, a.new_tokens, progress=not a.quiet)
+    recipe, report = verify(a.dir, a.new_tokens, progress=not a.quiet, device=a.device,
+                            random_prompts=a.random_prompts)
     record_verification(a.dir, recipe, report)
     steers = ", ".join(f"{s['site']}@{s['layer']}×{s['coef']:g}" for s in recipe["steers"])
     print(f"{a.dir}: {recipe['source']['path']} + [{steers}]")

@@ -30,11 +30,13 @@ import torch
 from .arch import arch_for, check_site
 from .errors import BakesteerError
 from .hooks import site_at, watch
+from .engine import Batch, Model, Stream, pick_device
 from .progress import bar
 
 AGGREGATIONS = ("last", "mean", "suffix")
 METHODS = ("mean_diff", "pca_diff", "pca_center")
 PLACEHOLDER = "{text}"
+STREAM_TEXTS = 1024  # texts whose hidden states one streamed pass holds
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ def parse_pairs(text: str, name: str, csv_format: bool = False) -> list[Pair]:
         try:
             doc = json.loads(text)
         except ValueError as e:
-            raise BakesteerError(f"{name} is not valid JSON ({e}); write a JSON array or one JSON object per line.")
+            raise BakesteerError(f"{name} is not valid JSON ({e}); write a JSON array or one JSON object "
+                                 "per line.") from None
         pairs = [_pair(obj, f"{name} item {i}") for i, obj in enumerate(doc)]
     else:
         pairs = []
@@ -74,7 +77,8 @@ def parse_pairs(text: str, name: str, csv_format: bool = False) -> list[Pair]:
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                raise BakesteerError(f"{name} line {n} is not valid JSON ({e.args[0].split(':')[0]}); fix that line.")
+                why = e.args[0].split(':')[0]
+                raise BakesteerError(f"{name} line {n} is not valid JSON ({why}); fix that line.") from None
             pairs.append(_pair(obj, f"{name} line {n}"))
     if not pairs:
         raise BakesteerError(f"{name} holds no pairs; give at least one {{\"positive\": ..., \"negative\": ...}} pair.")
@@ -86,9 +90,9 @@ def load_pairs(path: str | Path) -> list[Pair]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise BakesteerError(f"cannot read pair file {p} ({e.strerror}); check the path given to --pairs.")
+        raise BakesteerError(f"cannot read pair file {p} ({e.strerror}); check the path given to --pairs.") from None
     except UnicodeDecodeError:
-        raise BakesteerError(f"{p} is not UTF-8 text; give a JSONL or CSV file of pairs.")
+        raise BakesteerError(f"{p} is not UTF-8 text; give a JSONL or CSV file of pairs.") from None
     return parse_pairs(text, str(p), csv_format=p.suffix.lower() == ".csv")
 
 
@@ -178,10 +182,60 @@ def _batch(tok, ids: list[list[int]], sel: list[list[bool]], aggregation: str):
     return input_ids, mask, positions, weights
 
 
+def _reduce(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) hidden state -> (B, H) float64 on the CPU, weighted over tokens."""
+    acc = torch.float32 if h.device.type == "mps" else torch.float64  # exact for "last", any dtype
+    w = weights.to(h.device, acc)
+    keep = (w > 0).unsqueeze(-1)  # padded rows may hold NaN in some attention kernels
+    return torch.einsum("bt,bth->bh", w, torch.where(keep, h.to(acc), 0.0)).to("cpu", torch.float64)
+
+
+def _run_loaded(model, site: str, layers: list[int], prepared: list[tuple], out: dict[int, list], pb) -> None:
+    """A model in memory: one forward pass per batch that stops after the deepest block."""
+    device = model.get_input_embeddings().weight.device  # with device_map="auto": where the inputs go
+    deepest, current = max(layers), {}
+
+    def hook_for(layer: int):
+        def hook(h: torch.Tensor):  # (B, T, H)
+            out[layer].append(_reduce(h, current["weights"]))
+            if layer == deepest:
+                raise _Done
+
+        return hook
+
+    handles = [watch(*site_at(model, site, L), hook_for(L)) for L in layers]
+    try:
+        for input_ids, mask, positions, weights in prepared:
+            current["weights"] = weights
+            try:
+                model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                      position_ids=positions.to(device), use_cache=False)
+            except _Done:
+                pass
+            pb.update(input_ids.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run_streamed(model: Model, site: str, layers: list[int], prepared: list[tuple], out: dict[int, list],
+                  pb, group: int = STREAM_TEXTS) -> None:
+    """Block streaming: blocks 0 to the deepest requested one, every batch of a group of texts per block."""
+    for g in range(0, len(prepared), max(1, group // max(1, prepared[0][0].shape[0]))):
+        part = prepared[g:g + max(1, group // max(1, prepared[0][0].shape[0]))]
+        caps = {(site, L): (lambda k, h, L=L, part=part: out[L].append(_reduce(h, part[k][3]))) for L in layers}
+        stream = Stream([Batch(i, m, p) for i, m, p, _ in part], captures=caps)
+        model.forward([stream], upto=max(layers), logits=False)
+        pb.update(sum(x[0].shape[0] for x in part))
+
+
 @torch.inference_mode()
 def capture(model, tok, texts: list[str], starts: list[int], site: str, layers: list[int], aggregation: str = "last",
             batch_size: int = 32, add_special_tokens: bool = True, progress: bool = False) -> dict[int, np.ndarray]:
-    """Block -> (len(texts), hidden) float64: ``site`` of each block, reduced over each text's tokens."""
+    """Block -> (len(texts), hidden) float64: ``site`` of each block, reduced over each text's tokens.
+
+    ``model`` is a block-streaming ``engine.Model`` (blocks 0 to the deepest requested one are read once per
+    group of texts) or a model in memory."""
     check_site(site)
     if aggregation not in AGGREGATIONS:
         raise BakesteerError(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}.")
@@ -191,41 +245,13 @@ def capture(model, tok, texts: list[str], starts: list[int], site: str, layers: 
             raise BakesteerError(f"text {i} tokenizes to nothing; give non-empty text on both sides of every pair.")
         if aggregation == "suffix" and not any(s):
             raise BakesteerError("--aggregate suffix averages over the shared suffix; give one with --suffix.")
-    device = model.get_input_embeddings().weight.device  # with device_map="auto": where the inputs go
-    deepest = max(layers)
     out: dict[int, list] = {L: [] for L in layers}
-    current: dict[str, torch.Tensor] = {}
-
-    def hook_for(layer: int):
-        def hook(h: torch.Tensor):  # (B, T, H)
-            acc = torch.float32 if h.device.type == "mps" else torch.float64  # exact for "last", any dtype
-            w = current["weights"].to(h.device, acc)
-            keep = (w > 0).unsqueeze(-1)  # padded rows may hold NaN in some attention kernels
-            red = torch.einsum("bt,bth->bh", w, torch.where(keep, h.to(acc), 0.0))
-            out[layer].append(red.to("cpu", torch.float64))
-            if layer == deepest:
-                raise _Done
-
-        return hook
-
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
-    handles = [watch(*site_at(model, site, L), hook_for(L)) for L in layers]
-    try:
-        with bar(total=len(texts), desc="extract", unit="text", disable=not progress) as pb:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                input_ids, mask, positions, weights = _batch(tok, [ids[i] for i in idx], [sel[i] for i in idx],
-                                                             aggregation)
-                current["weights"] = weights
-                try:
-                    model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                          position_ids=positions.to(device), use_cache=False)
-                except _Done:
-                    pass
-                pb.update(len(idx))
-    finally:
-        for h in handles:
-            h.remove()
+    prepared = [_batch(tok, [ids[i] for i in order[k:k + batch_size]], [sel[i] for i in order[k:k + batch_size]],
+                       aggregation) for k in range(0, len(order), batch_size)]
+    run = _run_streamed if isinstance(model, Model) else _run_loaded
+    with bar(total=len(texts), desc="extract", unit="text", disable=not progress) as pb:
+        run(model, site, layers, prepared, out, pb)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return {L: torch.cat(out[L])[inverse].numpy() for L in layers}
@@ -300,10 +326,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_model(ref: str | None, device: str = "cpu", dtype: str = "float32", quiet: bool = False):
-    """(model, tokenizer, identity) for extraction; ``device`` 'auto' spreads the model with device_map."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
+    """(model, tokenizer, identity) for extraction: a block-streaming ``engine.Model`` ('auto': CUDA if any)."""
+    from .lm import load_tokenizer
     from .models import resolve_model
 
     if dtype not in DTYPES:
@@ -312,21 +336,12 @@ def load_model(ref: str | None, device: str = "cpu", dtype: str = "float32", qui
     try:
         cfg = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        raise BakesteerError(f"{path} has no readable config.json; pass a Hugging Face model folder with --model.")
+        raise BakesteerError(f"{path} has no readable config.json; pass a Hugging Face model folder with "
+                             "--model.") from None
     arch = arch_for(cfg)
     hidden, n_layers = arch.hidden_and_layers(arch.config(cfg))
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # missing or broken tokenizer files
-        raise BakesteerError(f"{path} has no usable tokenizer ({type(e).__name__}); extraction needs one.")
-    if device != "auto" and device != "cpu" and not torch.cuda.is_available() and device.startswith("cuda"):
-        raise BakesteerError(f"--device {device} asks for a GPU but none is available; use --device cpu.")
-    if quiet:
-        hf_logging.disable_progress_bar()
-    kwargs = {"device_map": "auto"} if device == "auto" else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs).eval()
-    if device != "auto":
-        model.to(device)
+    tok = load_tokenizer(path, "extraction needs one")
+    model = Model(path, DTYPES[dtype], pick_device(device))
     identity = {"model_type": cfg.get("model_type"), "name": name, "hidden_size": hidden,
                 "num_hidden_layers": n_layers, "architectures": cfg.get("architectures"), **source}
     if ref is not None and Path(ref).is_dir():

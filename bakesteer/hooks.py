@@ -41,8 +41,8 @@ def watch(module: torch.nn.Module, at: str, fn):
 def _adder(delta: torch.Tensor):
     def hook(module, inputs, output):
         if isinstance(output, tuple):  # attention modules return (hidden, weights)
-            return (output[0] + delta.to(output[0].dtype),) + output[1:]
-        return output + delta.to(output.dtype)
+            return (output[0] + delta.to(output[0].device, output[0].dtype),) + output[1:]
+        return output + delta.to(output.device, output.dtype)
 
     return hook
 
@@ -50,9 +50,9 @@ def _adder(delta: torch.Tensor):
 def _input_adder(delta: torch.Tensor):
     def hook(module, args, kwargs):
         if args:  # the hidden state is the first positional argument, or the hidden_states keyword
-            return (args[0] + delta.to(args[0].dtype),) + args[1:], kwargs
+            return (args[0] + delta.to(args[0].device, args[0].dtype),) + args[1:], kwargs
         h = kwargs["hidden_states"]
-        return args, {**kwargs, "hidden_states": h + delta.to(h.dtype)}
+        return args, {**kwargs, "hidden_states": h + delta.to(h.device, h.dtype)}
 
     return hook
 
@@ -71,8 +71,7 @@ def steering(model: torch.nn.Module, steers: Iterable[Steer]) -> Iterator[torch.
     try:
         for s in steers:
             module, at = site_at(model, s.site, s.layer)
-            param = next(model.parameters())
-            delta = (s.coef * torch.from_numpy(as_f64(s.vector))).to(device=param.device)
+            delta = s.coef * torch.from_numpy(as_f64(s.vector))  # moved to the hidden state's device when added
             handles.append(add_at(module, delta, at))
         yield model
     finally:

@@ -1,25 +1,63 @@
-"""Baked vs hooked: rerun a bake's recipe with hooks on the source model and compare logits and tokens.
+"""Baked vs hooked, streamed block by block: a proof in two parts and the end-to-end figures.
+
+1. Bytes (``bakesteer.proof``): every tensor the recipe does not name is byte-identical to the
+   source, and the source still hashes as at bake time.
+2. Blocks: every block the bake touched (every block, after a relabel) reproduces hook steering on
+   that block's real inputs (the verify prompts, taken from the higher-precision hooked stream),
+   against the higher-precision hooked block, under the tolerance rule below.
+3. End to end: logits, KL and greedy tokens of the baked model against the hooked source, as before.
 
 Equivalence (design §6): the bake may add no error beyond the dtype's own. In bf16/fp16,
 max |baked - hooked_fp32| <= 2 * max |hooked_lowprec - hooked_fp32| + 1e-3. In float32 the same rule
 holds against an fp64 reference, with max |baked - hooked| <= 1e-4 always enough, and greedy tokens
 must match. The steering must move the logits by >= 100x the tolerance, or the comparison proves nothing.
+Three models (source, higher-precision source, bake) are streamed, one block of one model resident.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import BakesteerError
 from .hooks import Steer, steering
+from .lm import GapMeter, Model, Stream, batches, greedy, kl, load_tokenizer, prompts_stream, take_tokens
+from .proof import ByteProof, block_of, prove_bytes
 from .recipe import load_record
-from .progress import bar
 
 FP32_TOL = 1e-4
-PROMPTS = ["I hate you because", "I think that you are", "The weather today is", "My favourite food is", "Tell me about your day."]
+PROMPTS = ["I hate you because", "I think that you are", "The weather today is", "My favourite food is",
+           "Tell me about your day."]
+REF = {torch.float32: torch.float64, torch.bfloat16: torch.float32, torch.float16: torch.float32}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tolerance(dtype: str, own_error: float) -> float:
+    """The bake may add no error beyond the dtype's own (design §6); fp32 also passes at 1e-4."""
+    rule = 2 * own_error + (1e-3 if dtype != "float32" else 1e-6)
+    return max(rule, FP32_TOL) if dtype == "float32" else rule
+
+
+@dataclass
+class BlockCheck:
+    """One touched block run on its real inputs: baked vs hooked vs the higher-precision hooked block."""
+
+    block: int
+    dtype: str
+    max_abs_diff: float  # baked block vs hooked block, in the dtype
+    ref_diff: float  # baked block vs hooked block in higher precision
+    own_error: float  # hooked block in the dtype vs in higher precision
+    effect: float  # hooked block vs plain block: what the steer does here (0 for a relabel-only block)
+
+    @property
+    def tolerance(self) -> float:
+        return tolerance(self.dtype, self.own_error)
+
+    @property
+    def passed(self) -> bool:
+        return min(self.max_abs_diff, self.ref_diff) <= self.tolerance
 
 
 @dataclass
@@ -36,101 +74,233 @@ class Report:
     baked_tokens: list[int] = field(default_factory=list)  # greedy continuation of the first prompt
     samples: list[str] = field(default_factory=list)  # lines showing source vs baked text, when a tokenizer exists
     sample: dict | None = None  # the same as {"prompt", "source", "baked"} texts
+    bytes: ByteProof | None = None  # part 1, when it ran
+    blocks: list[BlockCheck] = field(default_factory=list)  # part 2
+    parts: list[str] = field(default_factory=list)  # which parts ran
 
     @property
     def tolerance(self) -> float:
-        """The bake may add no error beyond the dtype's own (design §6); fp32 also passes at 1e-4."""
-        rule = 2 * self.own_error + (1e-3 if self.dtype != "float32" else 1e-6)
-        return max(rule, FP32_TOL) if self.dtype == "float32" else rule
+        return tolerance(self.dtype, self.own_error)
 
     @property
-    def passed(self) -> bool:
+    def end_to_end_passed(self) -> bool:
         close = min(self.max_abs_diff, self.ref_diff) <= self.tolerance
         matters = self.steering_effect >= 100 * self.tolerance
         return close and matters and (self.greedy_match or self.dtype != "float32")
 
+    @property
+    def passed(self) -> bool:
+        return (self.end_to_end_passed and (self.bytes is None or self.bytes.passed)
+                and all(b.passed for b in self.blocks))
+
+    def _proof_lines(self) -> list[str]:
+        out = []
+        b = self.bytes
+        if b is not None and b.unchecked:
+            out.append(f"SKIP  bytes: {b.unchecked}")
+        elif b is not None:
+            bad = b.differing + [f"{k} (added, should be zero)" for k in b.nonzero_added]
+            what = "byte-identical to the source" if not bad else "compared; these differ: " + ", ".join(bad[:6])
+            out.append(f"{'PASS' if b.passed else 'FAIL'}  bytes: {b.tensors} untouched tensors {what} "
+                       f"({b.bytes / 1e9:.3g} GB read); the source hashes as it did at bake time")
+            if b.changed_after_bake:
+                out.append(f"      note: {', '.join(b.changed_after_bake)} changed after the bake "
+                           "(not the recorded hash)")
+        if self.blocks:
+            worst = max(self.blocks, key=lambda c: min(c.max_abs_diff, c.ref_diff) / c.tolerance)
+            failed = [c.block for c in self.blocks if not c.passed]
+            out.append(f"{'PASS' if not failed else 'FAIL'}  blocks: {len(self.blocks)} touched block(s) "
+                       f"{'reproduce' if not failed else 'do not all reproduce'} hook steering on their real inputs "
+                       f"(worst: block {worst.block}, max |Δ| {min(worst.max_abs_diff, worst.ref_diff):.3g}, "
+                       f"tolerance {worst.tolerance:.3g}, steer effect there {worst.effect:.3g})"
+                       + (f"; failing: {', '.join(map(str, failed))}" if failed else ""))
+        return out
+
     def lines(self) -> list[str]:
         mark = "PASS" if self.passed else "FAIL"
-        return [
+        lines = [
             f"{mark}  baked vs hooked ({self.dtype}): max |Δlogit| = {self.max_abs_diff:.3g}; against the "
             f"higher-precision hooked model {self.ref_diff:.3g} (the dtype's own error {self.own_error:.3g}; "
             f"tolerance {self.tolerance:.3g})",
             f"      steering effect: max |hooked − source| = {self.steering_effect:.3g}  "
             f"({self.steering_effect / self.tolerance:.3g}× the tolerance)",
-            f"      KL(hooked ‖ baked) = {self.kl_hooked_baked:.3g} nats/token;  KL(source ‖ hooked) = {self.kl_source_hooked:.3g}",
+            f"      KL(hooked ‖ baked) = {self.kl_hooked_baked:.3g} nats/token;  "
+            f"KL(source ‖ hooked) = {self.kl_source_hooked:.3g}",
             f"      greedy {self.greedy_tokens} tokens: {'identical' if self.greedy_match else 'DIFFERENT'}",
-            *self.samples,
+            *self._proof_lines(),
         ]
+        if self.parts:
+            lines.append(f"      parts run: {', '.join(self.parts)}")
+        return lines + self.samples
 
 
-def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
-    p = torch.log_softmax(p_logits.double(), -1)
-    q = torch.log_softmax(q_logits.double(), -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
-
-
-@torch.inference_mode()
-def _logits(model, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [model(ids[None]).logits[0].to(torch.float64 if model.dtype == torch.float64 else torch.float32)
-            for ids in prompts]
-
-
-@torch.inference_mode()
-def _greedy(model, ids: torch.Tensor, n: int) -> list[int]:
-    out = model.generate(ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=n, min_new_tokens=n,
-                         do_sample=False, pad_token_id=0)
-    return out[0, ids.shape[0]:].tolist()
+def _max(pairs) -> float:
+    return max((float((a.double() - b.double()).abs().max()) for a, b in pairs), default=0.0)
 
 
 def compare(source, baked, steers: list[Steer], prompts: list[torch.Tensor], new_tokens: int = 32,
             reference=None, progress: bool = False) -> Report:
-    """Compare ``baked`` with ``source`` under hooks, both in the same dtype.
+    """Loaded models (a library and script API): ``baked`` against ``source`` under hooks, in memory."""
+    def logits(model):
+        with torch.inference_mode():
+            return [model(ids[None]).logits[0].to(torch.float64 if model.dtype == torch.float64 else torch.float32)
+                    for ids in prompts]
 
-    ``reference`` is the source in higher precision (fp64 for an fp32 model, fp32 for bf16/fp16); it
-    measures the dtype's own error. Without it, the dtype's own error counts as zero.
-    """
+    def gen(model, ids):
+        with torch.inference_mode():
+            out = model.generate(ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        return out[0, ids.shape[0]:].tolist()
+
     dtype = next(baked.parameters()).dtype
     with steering(source, steers):
-        hooked = _logits(source, prompts)
-    plain = _logits(source, prompts)
-    baked_l = _logits(baked, prompts)
+        hooked = logits(source)
+        hooked_gen = [gen(source, ids) for ids in prompts[:2]]
+    plain, baked_l = logits(source), logits(baked)
     if reference is not None:
         with steering(reference, steers):
-            hooked_ref = _logits(reference, prompts)
+            ref = logits(reference)
     else:
-        hooked_ref = hooked
-    diff = max(float((b - h).abs().max()) for b, h in zip(baked_l, hooked))
-    ref_diff = max(float((b.double() - r.double()).abs().max()) for b, r in zip(baked_l, hooked_ref))
-    own = max(float((h.double() - r.double()).abs().max()) for h, r in zip(hooked, hooked_ref))
-    effect = max(float((h - p).abs().max()) for h, p in zip(hooked, plain))
-    kl_hb = sum(_kl(h, b) for h, b in zip(hooked, baked_l)) / len(prompts)
-    kl_sh = sum(_kl(p, h) for p, h in zip(plain, hooked)) / len(prompts)
-    match, n_tok, first = True, 0, []
-    for ids in bar(iterable=prompts[:2], desc="greedy generation", disable=not progress):
-        with steering(source, steers):
-            a = _greedy(source, ids, new_tokens)
-        b = _greedy(baked, ids, new_tokens)
-        match &= a == b
-        n_tok += new_tokens
-        first = first or b
-    return Report(str(dtype).removeprefix("torch."), diff, ref_diff, own, effect, kl_hb, kl_sh, n_tok, match, first)
+        ref = hooked
+    baked_gen = [gen(baked, ids) for ids in prompts[:2]]
+    return Report(str(dtype).removeprefix("torch."), _max(zip(baked_l, hooked)), _max(zip(baked_l, ref)),
+                  _max(zip(hooked, ref)), _max(zip(hooked, plain)),
+                  sum(kl(h, b) for h, b in zip(hooked, baked_l)) / len(prompts),
+                  sum(kl(p, h) for p, h in zip(plain, hooked)) / len(prompts),
+                  new_tokens * len(hooked_gen), hooked_gen == baked_gen, baked_gen[0] if baked_gen else [])
 
 
-def _tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except Exception:  # a bare test model: no tokenizer files
-        return None
-
-
-def prompt_ids(tok, vocab: int, n: int = 4) -> list[torch.Tensor]:
-    """Token ids of the fixed prompts; seeded random ids when there is no tokenizer."""
+def prompt_ids(tok, vocab: int, n: int = 4, random_prompts: bool = False) -> list[list[int]]:
+    """Token ids of the fixed prompts; seeded random ids only when asked for (``--random-prompts``)."""
     if tok is not None:
-        return [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:n]]
+        return [list(tok(p)["input_ids"]) for p in PROMPTS[:n]]
+    if not random_prompts:
+        raise BakesteerError("the baked folder has no tokenizer to read verify's prompts with; copy the source's "
+                             "tokenizer files into it, or pass --random-prompts to verify on seeded random token ids.")
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, vocab, (12,), generator=g) for _ in range(n)]
+    return [torch.randint(0, vocab, (12,), generator=g).tolist() for _ in range(n)]
+
+
+def _touched(recipe: dict, layers: str, n_layers: int) -> set[int]:
+    """Blocks the bake changed: steered blocks, blocks of changed tensors; every block after a relabel."""
+    if recipe["written"].get("relabelled_from"):
+        return set(range(n_layers))
+    blocks = {int(s["layer"]) for s in recipe["steers"]}
+    return blocks | {b for k in recipe["tensors_changed"] if (b := block_of(k, layers)) is not None}
+
+
+@dataclass
+class _Pass:
+    """The three streamed models and their streams over the verify prompts."""
+
+    S: Model  # source, in the checkpoint's dtype: plain and hooked
+    R: Model  # source in higher precision: hooked
+    B: Model  # the bake, in the checkpoint's dtype (its prompts, then greedy sequences teacher-forced)
+    steers: list[Steer]
+    n_prompts: int
+    plain: Stream = None
+    hooked: Stream = None
+    ref: Stream = None
+    baked: Stream = None
+
+
+def _probe(p: _Pass, i: int, xs: list[torch.Tensor], ref_out: list[torch.Tensor]) -> BlockCheck:
+    """Block ``i`` of the bake and of the source (hooked, plain) on the inputs ``xs`` of the reference stream."""
+    dt = p.S.dtype
+    with p.S.part(i) as blk:
+        hooked = [p.S.run_block(blk, i, x.to(dt), b.calls[i], p.hooked.steers_at(i)) for x, b in
+                  zip(xs, p.hooked.batches)]
+        plain = [p.S.run_block(blk, i, x.to(dt), b.calls[i], []) for x, b in zip(xs, p.plain.batches)]
+    with p.B.part(i) as blk:
+        baked = [p.B.run_block(blk, i, x.to(dt), b.calls[i], []) for x, b in zip(xs, p.baked.batches)]
+    name = str(dt).removeprefix("torch.")
+    return BlockCheck(i, name, _max(zip(baked, hooked)), _max(zip(baked, ref_out)), _max(zip(hooked, ref_out)),
+                      _max(zip(hooked, plain)))
+
+
+def _stream(p: _Pass, prompts: list[list[int]], forced: list[list[int]], touched: set[int], progress: bool):
+    """One pass over the blocks of all three models; returns (block checks, per-model logits)."""
+    from .progress import bar
+
+    p.plain, p.hooked = prompts_stream(prompts), prompts_stream(prompts, p.steers)
+    p.ref, p.baked = prompts_stream(prompts, p.steers), prompts_stream(prompts + forced)
+    checks = []
+    with torch.no_grad():
+        p.S.embed([p.plain, p.hooked])
+        p.R.embed([p.ref])
+        p.B.embed([p.baked])
+        for i in bar(iterable=range(p.S.n_layers), desc="verify blocks", disable=not progress):
+            xs = [b.hidden.clone() for b in p.ref.batches] if i in touched else None
+            with p.R.part(i) as blk:
+                p.R.step(blk, i, [p.ref])
+            with p.S.part(i) as blk:
+                p.S.step(blk, i, [p.plain, p.hooked])
+            with p.B.part(i) as blk:
+                p.B.step(blk, i, [p.baked])
+            if xs is not None:
+                checks.append(_probe(p, i, xs, [b.hidden for b in p.ref.batches]))
+        out = {}
+        for name, model, streams in (("S", p.S, [p.plain, p.hooked]), ("R", p.R, [p.ref]), ("B", p.B, [p.baked])):
+            with model.part("head"):
+                out[name] = [[model.head(b.hidden)[0].float() if model.dtype != torch.float64 else
+                              model.head(b.hidden)[0] for b in s.batches] for s in streams]
+    return checks, out
+
+
+def _forced_match(baked_logits: list[torch.Tensor], prompts: list[list[int]], gens: list[list[int]]):
+    """Whether the bake's argmax, teacher-forced on the hooked greedy sequences, reproduces them token for
+    token (then its own greedy decoding gives the same tokens), and its tokens up to the first departure."""
+    match, first = True, []
+    for k, (lg, gen) in enumerate(zip(baked_logits, gens)):
+        n = len(prompts[k])
+        pred = lg[n - 1:n - 1 + len(gen)].argmax(-1).tolist()
+        same = pred == gen
+        match &= same
+        if k == 0:
+            cut = next((j for j, (a, b) in enumerate(zip(pred, gen)) if a != b), len(pred))
+            first = pred[:cut + 1]
+    return match, first
+
+
+def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool, device: str | None,
+                 random_prompts: bool) -> Report:
+    recipe, steers = rec.recipe, rec.steers
+    dtype = DTYPES.get(recipe.get("dtype"), torch.float32)
+    S = Model(src, dtype, device)
+    touched = _touched(recipe, S.arch.layers, S.n_layers)
+    proof = prove_bytes(Path(out_dir), recipe, src, touched, S.arch.layers)
+    tok = load_tokenizer(out_dir) if _has_tokenizer(Path(out_dir)) else None
+    prompts = prompt_ids(tok, S.config.vocab_size, random_prompts=random_prompts)
+    p = _Pass(S, Model(src, REF[dtype], device), Model(out_dir, dtype, device), steers, len(prompts))
+    n_gen = 2 if new_tokens > 0 else 0
+    gens = greedy(S, [prompts_stream(prompts[:n_gen], steers), prompts_stream(prompts[:1])], new_tokens) \
+        if n_gen else [[], [[]]]
+    hooked_gen, plain_gen = gens[0], gens[1][0]
+    forced = [prompts[k] + g[:-1] for k, g in enumerate(hooked_gen)]
+    checks, out = _stream(p, prompts, forced, touched, progress)
+    plain, hooked = out["S"]
+    ref, baked_all = out["R"][0], out["B"][0]
+    baked, baked_forced = baked_all[:len(prompts)], baked_all[len(prompts):]
+    match, first = _forced_match(baked_forced, prompts, hooked_gen)
+    report = Report(str(dtype).removeprefix("torch."), _max(zip(baked, hooked)), _max(zip(baked, ref)),
+                    _max(zip(hooked, ref)), _max(zip(hooked, plain)),
+                    sum(kl(h, b) for h, b in zip(hooked, baked)) / len(prompts),
+                    sum(kl(q, h) for q, h in zip(plain, hooked)) / len(prompts),
+                    new_tokens * n_gen, match, first, bytes=proof, blocks=checks,
+                    parts=["bytes", f"blocks ({len(checks)} touched)", "end-to-end"])
+    for m in (p.S, p.R, p.B):
+        m.close()
+    if tok is not None and new_tokens > 0:
+        show = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        report.samples = [f"      {PROMPTS[0]!r}", f"        source: {show(plain_gen)!r}",
+                          f"        baked:  {show(first)!r}"]
+        report.sample = {"prompt": PROMPTS[0], "source": show(plain_gen), "baked": show(first)}
+    return report
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                                 "vocab.json"))
 
 
 @dataclass
@@ -144,7 +314,8 @@ class ApproxReport:
     def passed(self) -> bool:
         r, m = self.recorded, self.measured
         close = lambda a, b: abs(a - b) <= 0.02 * abs(b) + 1e-6  # noqa: E731
-        return (close(m["kl_hooked_baked"], r["kl_hooked_baked"]) and close(m["kl_source_hooked"], r["kl_source_hooked"])
+        return (close(m["kl_hooked_baked"], r["kl_hooked_baked"]) and close(m["kl_source_hooked"],
+                                                                             r["kl_source_hooked"])
                 and abs(m["top1_agreement"] - r["top1_agreement"]) <= 2 / max(r["tokens"], 1))
 
     def lines(self) -> list[str]:
@@ -158,69 +329,77 @@ class ApproxReport:
         ]
 
 
-def verify_approx(out_dir: Path, rec, src: Path) -> ApproxReport:
-    """Re-measure an approximate bake: source with every recorded steer hooked vs the baked folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def measure_gap(source: Model, baked: Model, steers: list[Steer], seqs: list[list[int]], size: int = 16):
+    """KL(hooked ‖ baked), KL(source ‖ hooked), top-1 agreement over ``seqs``: source plain and hooked, and the
+    bake, streamed side by side (float32), the gap summed batch by batch."""
+    plain, hooked, bk = Stream(batches(seqs, size)), Stream(batches(seqs, size), list(steers)), \
+        Stream(batches(seqs, size))
+    with torch.no_grad():
+        source.embed([plain, hooked])
+        baked.embed([bk])
+        for i in range(source.n_layers):
+            with source.part(i) as blk:
+                source.step(blk, i, [plain, hooked])
+            with baked.part(i) as blk:
+                baked.step(blk, i, [bk])
+        meter = GapMeter()
+        for a, b, c in zip(plain.batches, hooked.batches, bk.batches):
+            with source.part("head"):
+                s_l, h_l = source.head(a.hidden), source.head(b.hidden)
+            with baked.part("head"):
+                b_l = baked.head(c.hidden)
+            meter.add(s_l, h_l, b_l, a.mask)
+    return meter.gap()
 
-    from .approx import _logprobs, batches, encode, gap
+
+def verify_approx(out_dir: Path, rec, src: Path, device: str | None = "cpu") -> ApproxReport:
+    """Re-measure an approximate bake: source with every recorded steer hooked vs the baked folder."""
+    from dataclasses import asdict
 
     if not rec.heldout:
         raise BakesteerError(f"{out_dir} lacks its held-out text (bakesteer/heldout.txt); bake it again.")
-    load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()  # noqa: E731
-    source, baked = load(src), load(out_dir)
     a = rec.recipe["approximation"]
-    data = batches(encode(AutoTokenizer.from_pretrained(out_dir), rec.heldout, a["calibration"]["heldout_token_budget"]),
-                   16, "cpu")
-    plain = _logprobs(source, data)
-    with steering(source, rec.steers):
-        hooked = _logprobs(source, data)
-    return ApproxReport(a["heldout"], asdict(gap(plain, hooked, _logprobs(baked, data), data)))
+    tok = load_tokenizer(out_dir, "verify re-measures an approximate bake on its held-out text")
+    seqs = take_tokens(tok, rec.heldout, a["calibration"]["heldout_token_budget"])
+    g = measure_gap(Model(src, torch.float32, device), Model(out_dir, torch.float32, device), rec.steers, seqs)
+    return ApproxReport(a["heldout"], asdict(g))
 
 
-def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True) -> tuple[dict, Report | ApproxReport]:
-    """Load the source with hooks and the baked folder, and compare them on fixed prompts.
+def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True, device: str | None = "cpu",
+           random_prompts: bool = False) -> tuple[dict, Report | ApproxReport]:
+    """Prove a bake against hook steering of its source, streaming one block at a time.
 
     An approximate bake is re-measured on its held-out text instead, against its recorded figures.
     """
-    from transformers import AutoModelForCausalLM
+    from .engine import pick_device
 
-    if not progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     rec = load_record(out_dir)
-    recipe, steers = rec.recipe, rec.steers
+    recipe = rec.recipe
     src = Path(recipe["source"]["path"])
+    pick_device(device)  # refuses a missing GPU before any work
     if not (src / "config.json").is_file():
         raise BakesteerError(f"the source model {src} recorded in the bake is gone; verify needs it to compare.")
     if not recipe.get("exact", True):
-        return recipe, verify_approx(Path(out_dir), rec, src)
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.get("dtype"), torch.float32)
-    load = lambda p, dt: AutoModelForCausalLM.from_pretrained(p, dtype=dt).eval()  # noqa: E731
-    source = load(src, dtype)
-    reference = load(src, torch.float64 if dtype == torch.float32 else torch.float32)
-    tok = _tokenizer(Path(out_dir))
-    prompts = prompt_ids(tok, source.config.vocab_size)
-    report = compare(source, load(out_dir, dtype), steers, prompts, new_tokens, reference, progress=progress)
-    if tok is not None:
-        plain = _greedy(source, prompts[0], new_tokens)
-        show = lambda ids: repr(tok.decode(ids, skip_special_tokens=True))  # noqa: E731
-        report.samples = [f"      {PROMPTS[0]!r}", f"        source: {show(plain)}",
-                          f"        baked:  {show(report.baked_tokens)}"]
-        report.sample = {"prompt": PROMPTS[0], "source": tok.decode(plain, skip_special_tokens=True),
-                         "baked": tok.decode(report.baked_tokens, skip_special_tokens=True)}
-    return recipe, report
+        return recipe, verify_approx(Path(out_dir), rec, src, device)
+    return recipe, verify_exact(Path(out_dir), rec, src, new_tokens, progress, device, random_prompts)
 
 
 def verification_doc(report: Report | ApproxReport) -> dict:
     """The figures of a verification, as ``verify.json`` and the model card keep them."""
     if isinstance(report, ApproxReport):
         return {"kind": "approximate", "passed": report.passed, **report.measured}
-    return {"kind": "exact", "passed": report.passed, "dtype": report.dtype,
-            "max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance,
-            "steering_effect": report.steering_effect, "kl_hooked_baked": report.kl_hooked_baked,
-            "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens,
-            "greedy_match": report.greedy_match, "prompts": PROMPTS[:4], "sample": report.sample}
+    doc = {"kind": "exact", "passed": report.passed, "dtype": report.dtype,
+           "max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance,
+           "steering_effect": report.steering_effect, "kl_hooked_baked": report.kl_hooked_baked,
+           "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens,
+           "greedy_match": report.greedy_match, "prompts": PROMPTS[:4], "sample": report.sample,
+           "parts": report.parts}
+    if report.bytes is not None:
+        doc["bytes"] = {"passed": report.bytes.passed, "tensors": report.bytes.tensors,
+                        "differing": report.bytes.differing}
+    doc["blocks"] = [{"block": c.block, "passed": c.passed, "max_abs_diff": min(c.max_abs_diff, c.ref_diff),
+                      "tolerance": c.tolerance} for c in report.blocks]
+    return doc
 
 
 def record_verification(out_dir: str | Path, recipe: dict, report: Report | ApproxReport) -> None:

@@ -1,0 +1,336 @@
+"""Block streaming: run a checkpoint one decoder block at a time, with one block's weights resident.
+
+A ``Model`` is transformers' own module tree built on the meta device (buffers such as rotary
+frequencies are real). Weights are read from the safetensors shards with ``readinto`` (no memory
+map, so the page cache never counts as this process's memory) into the parameters of one block,
+every batch of a job goes through that block, and the block is emptied before the next one loads.
+Embeddings, masks and rotary embeddings come from the model's own forward: its decoder blocks are
+swapped for catchers that record each block's arguments (per-block masks of sliding-window layers
+included) and stop before the final norm. The final norm and LM head (tied or not) load last.
+
+Steers and captures are the hooks of ``bakesteer.hooks``, installed on the block while it runs, so
+streamed steering means exactly what hook steering means.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .arch import Arch, arch_for
+from .checkpoint import Checkpoint
+from .errors import BakesteerError
+from .hooks import Steer, site_at, steering, watch
+
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+FINAL_NORMS = ("norm", "ln_f", "final_layer_norm")
+HEAD_ALIAS = "embed_out.weight"  # GPT-NeoX checkpoints name the head so; transformers 5 calls it lm_head
+Capture = Callable[[int, torch.Tensor], None]  # (batch index, hidden state (B, T, H)) -> None
+
+
+def pick_device(name: str | None) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; refuses CUDA where torch sees none."""
+    name = name or "cpu"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BakesteerError(f"--device {name} asks for a GPU but torch sees no CUDA device; use --device cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BakesteerError(f"--device {name} is not a device torch knows; use cpu, cuda or cuda:N.") from None
+
+
+@contextlib.contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Within the block, new modules get their parameters on the meta device and their buffers for real."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            p = module._parameters[name]
+            module._parameters[name] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+class _Stop(Exception):
+    """Raised by the last catcher: the final norm runs later, on the real hidden states."""
+
+
+class _Catcher(torch.nn.Module):
+    def __init__(self, index: int, got: dict, last: bool):
+        super().__init__()
+        self.index, self.got, self.last = index, got, last
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.got[self.index] = (args, kwargs)
+        if self.index == 0:
+            self.got["hidden"] = hidden_states
+        if self.last:
+            raise _Stop
+        return hidden_states
+
+
+@dataclass
+class Batch:
+    """One right-padded batch: token ids and mask (B, T), optional position ids, and the hidden state."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # (B, T, H) after the last block run
+    calls: dict = field(default_factory=dict)  # block -> (args, kwargs) the model's forward passes it
+    cache: object | None = None  # a transformers cache while decoding
+
+
+@dataclass
+class Stream:
+    """Texts through one model under one set of steers: batches, steers, and captures per (site, block)."""
+
+    batches: list[Batch]
+    steers: list[Steer] = field(default_factory=list)
+    captures: dict[tuple[str, int], Capture] = field(default_factory=dict)
+
+    def steers_at(self, block: int) -> list[Steer]:
+        return [s for s in self.steers if s.layer == block]
+
+
+class Model:
+    """One checkpoint in one dtype on one device, run block by block."""
+
+    def __init__(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | None = "cpu",
+                 config: dict | None = None, attn_implementation: str | None = None):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.folder = Path(folder)
+        self.ckpt = Checkpoint(self.folder)
+        cfg = dict(config if config is not None else self.ckpt.config)
+        self.arch: Arch = arch_for(cfg)
+        self.n_layers = self.arch.hidden_and_layers(self.arch.config(cfg))[1]
+        self.dtype, self.device = dtype, pick_device(device) if isinstance(device, (str, type(None))) else device
+        try:
+            hf_cfg = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "transformers_version"})
+        except (ValueError, TypeError, KeyError) as e:
+            raise BakesteerError(f"{self.folder}/config.json does not load in transformers ({e}); "
+                                 "fix the config.") from None
+        if attn_implementation:
+            hf_cfg._attn_implementation = attn_implementation
+        with _params_on_meta():
+            self.model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype).eval()
+        for m in self.model.modules():
+            for k, b in m._buffers.items():
+                if b is not None and b.device != self.device:
+                    m._buffers[k] = b.to(self.device)
+        self.config = self.model.config
+        self.layers = self.model.get_submodule(self.arch.layers)
+        self.base = self.model.base_model
+        self.resident: set[str] = set()  # parts whose weights are loaded: "embed", "head", block numbers
+        self.peak_blocks = 0  # most decoder blocks ever resident at once
+        self._files: dict[str, object] = {}
+
+    # -- weights ---------------------------------------------------------------------------------
+    def _read(self, key: str) -> torch.Tensor:
+        """One stored tensor, read into fresh memory and cast to this model's dtype and device."""
+        info = self.ckpt.tensors[key]
+        if info.dtype not in TORCH_DTYPES:
+            raise BakesteerError(f"{self.folder} stores {key} as {info.dtype}, which bakesteer cannot run; "
+                                 "dequantize the checkpoint first.")
+        raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+        path = self.folder / info.shard
+        try:
+            f = self._files.get(info.shard)
+            if f is None:
+                f = self._files[info.shard] = open(path, "rb")
+            f.seek(info.start)
+            if f.readinto(raw.numpy()) != info.end - info.start:
+                raise OSError(5, "the file ended early")
+        except OSError as e:
+            raise BakesteerError(f"cannot read {path} ({e.strerror or e}); check the file and the disk, "
+                                 "then run the command again.") from None
+        t = raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
+        floating = t.is_floating_point()
+        return t.to(device=self.device, dtype=self.dtype if floating else t.dtype)
+
+    def _key(self, name: str) -> str:
+        """The stored name of parameter ``name``: as named, without the base prefix, the head under its old
+        name (GPT-NeoX's ``embed_out``), or for a tied head the input embedding."""
+        if name == self._head_weight():
+            for alias in (name, HEAD_ALIAS):
+                if alias in self.ckpt.tensors:
+                    return alias
+            if getattr(self.config, "tie_word_embeddings", False):
+                return self.ckpt.resolve(self._embed_weight())
+        return self.ckpt.resolve(name)
+
+    def _embed_weight(self) -> str:
+        emb = self.model.get_input_embeddings()
+        return next(n for n, m in self.model.named_modules() if m is emb) + ".weight"
+
+    def _head_weight(self) -> str:
+        head = self.model.get_output_embeddings()
+        return next(n for n, m in self.model.named_modules() if m is head) + ".weight"
+
+    def _load(self, prefix: str, module: torch.nn.Module) -> None:
+        for mname, m in module.named_modules():
+            for pname in list(m._parameters):
+                if m._parameters[pname] is None:
+                    continue
+                full = ".".join(x for x in (prefix, mname, pname) if x)
+                t = self._read(self._key(full))
+                if t.shape != m._parameters[pname].shape:
+                    raise BakesteerError(f"{self.folder} stores {full} with shape {list(t.shape)}, which does not "
+                                         "fit the model's config; the checkpoint does not match its config.")
+                m._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
+
+    @staticmethod
+    def _free(module: torch.nn.Module) -> None:
+        for m in module.modules():
+            for pname, p in m._parameters.items():
+                if p is not None:
+                    m._parameters[pname] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
+
+    def _final_norm(self) -> tuple[str, torch.nn.Module]:
+        for name in FINAL_NORMS:
+            if hasattr(self.base, name):
+                prefix = next(n for n, m in self.model.named_modules() if m is self.base)
+                return f"{prefix}.{name}" if prefix else name, getattr(self.base, name)
+        raise BakesteerError(f"bakesteer cannot find the final norm of {self.arch.name}; report this.")
+
+    def _embed_parts(self) -> list[tuple[str, torch.nn.Module]]:
+        """Modules with parameters that the model's forward uses before block 0 (embeddings)."""
+        norm = self._final_norm()[1]
+        head = self.model.get_output_embeddings()
+        skip = {id(self.layers), id(norm), id(head)}
+        out = []
+        for name, m in self.model.named_modules():
+            if id(m) in skip or any(n == name or name.startswith(n + ".") for n, _ in out):
+                continue
+            if any(True for _ in m.parameters(recurse=False)) and not name.startswith(self.arch.layers):
+                out.append((name, m))
+        return out
+
+    @contextlib.contextmanager
+    def part(self, which: int | str) -> Iterator[torch.nn.Module | None]:
+        """Within the block, block ``which`` (or "embed", "head") has its weights loaded."""
+        if isinstance(which, int):
+            mods = [(f"{self.arch.layers}.{which}", self.layers[which])]
+        elif which == "embed":
+            mods = self._embed_parts()
+        else:
+            mods = [self._final_norm(), (self._head_weight().rsplit(".", 1)[0], self.model.get_output_embeddings())]
+        try:
+            for prefix, m in mods:
+                self._load(prefix, m)
+            self.resident.add(str(which))
+            self.peak_blocks = max(self.peak_blocks, sum(k.isdigit() for k in self.resident))
+            yield mods[0][1] if isinstance(which, int) else None
+        finally:
+            for _, m in mods:
+                self._free(m)
+            self.resident.discard(str(which))
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    # -- running ---------------------------------------------------------------------------------
+    def _calls(self, batch: Batch, use_cache: bool = False) -> None:
+        """Embed ``batch`` and record each block's arguments by running the model's forward on catchers."""
+        got: dict = {}
+        real = list(self.layers)
+        for i in range(self.n_layers):
+            self.layers[i] = _Catcher(i, got, i == self.n_layers - 1)
+        kw = {"input_ids": batch.ids.to(self.device), "attention_mask": batch.mask.to(self.device)}
+        if batch.positions is not None:
+            kw["position_ids"] = batch.positions.to(self.device)
+        kw.update(cache=batch.cache, use_cache=True) if use_cache else kw.update(use_cache=False)
+        try:
+            with torch.no_grad():
+                self.base(**kw)
+        except _Stop:
+            pass
+        finally:
+            for i, m in enumerate(real):
+                self.layers[i] = m
+        batch.hidden = got.pop("hidden")
+        batch.calls = got
+
+    def embed(self, streams: list[Stream], use_cache: bool = False) -> None:
+        """Hidden states entering block 0, and every block's arguments, for each batch of ``streams``."""
+        with self.part("embed"):
+            for s in streams:
+                for b in s.batches:
+                    self._calls(b, use_cache)
+
+    def run_block(self, block: torch.nn.Module, i: int, h: torch.Tensor, call: tuple, steers: list[Steer],
+                  captures: dict[tuple[str, int], Capture] | None = None, index: int = 0) -> torch.Tensor:
+        """``h`` through resident block ``i`` with ``steers`` hooked and ``captures`` watching."""
+        args, kwargs = call
+        handles = [watch(*site_at(self.model, site, layer), lambda x, f=fn: f(index, x))
+                   for (site, layer), fn in (captures or {}).items() if layer == i]
+        try:
+            with steering(self.model, steers):
+                out = block(h, *args, **kwargs)
+        finally:
+            for hd in handles:
+                hd.remove()
+        return out[0] if isinstance(out, tuple) else out
+
+    def step(self, block: torch.nn.Module, i: int, streams: list[Stream]) -> None:
+        """Every batch of ``streams`` through resident block ``i``."""
+        for s in streams:
+            for k, b in enumerate(s.batches):
+                b.hidden = self.run_block(block, i, b.hidden, b.calls[i], s.steers_at(i), s.captures, k)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the last block's hidden state, with the resident final norm and head (and the family's
+        logit scaling or soft-capping)."""
+        logits = self.model.get_output_embeddings()(self._final_norm()[1](h))
+        scale = getattr(self.config, "logits_scaling", None)
+        if scale:
+            logits = logits / scale
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def forward(self, streams: list[Stream], upto: int | None = None,
+                logits: bool = True) -> list[list[torch.Tensor]] | None:
+        """Every stream through blocks 0..``upto`` (default all), then the head: per stream, per batch logits."""
+        last = self.n_layers - 1 if upto is None else upto
+        with torch.no_grad():
+            self.embed(streams)
+            for i in range(last + 1):
+                with self.part(i) as block:
+                    self.step(block, i, streams)
+            if not logits:
+                return None
+            with self.part("head"):
+                return [[self.head(b.hidden) for b in s.batches] for s in streams]
+
+
+def batch_of(seqs: list[list[int]], pad: int = 0) -> Batch:
+    """Right-padded ids and mask: with causal attention no real token sees a pad."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return Batch(ids, mask)
+
+
+def batches(seqs: list[list[int]], size: int, pad: int = 0) -> list[Batch]:
+    return [batch_of(seqs[i:i + size], pad) for i in range(0, len(seqs), size)]
