@@ -30,7 +30,8 @@ def front_matter(recipe: dict) -> str:
 
 def _figures(v: dict | None, exact: bool) -> list[str]:
     if v is None:
-        return ["Not yet verified here: run `bakesteer verify <this folder>` (it writes its figures into this card).", ""]
+        return ["Not yet verified here: run `bakesteer verify <this folder>` (it writes its figures into this card).",
+                ""]
     if v["kind"] == "approximate":
         return [f"`bakesteer verify` re-measured it on {v['tokens']} held-out tokens: KL(hooked ‖ baked) = "
                 f"{v['kl_hooked_baked']:.4g} nats/token ({v['ratio']:.1%} of the steering's KL(source ‖ hooked) = "
@@ -41,7 +42,8 @@ def _figures(v: dict | None, exact: bool) -> list[str]:
              "| max \\|Δlogit\\| baked vs hooked | tolerance | steering effect max \\|hooked − source\\| | "
              "KL(source ‖ hooked) nats/token | greedy tokens |", "|---|---|---|---|---|",
              f"| {v['max_abs_diff']:.3g} | {v['tolerance']:.3g} | {v['steering_effect']:.3g} | "
-             f"{v['kl_source_hooked']:.4g} | {v['greedy_tokens']} {'identical' if v['greedy_match'] else 'DIFFERENT'} |",
+             f"{v['kl_source_hooked']:.4g} | {v['greedy_tokens']} "
+             f"{'identical' if v['greedy_match'] else 'DIFFERENT'} |",
              ""]
     if v.get("sample"):
         s = v["sample"]

@@ -143,11 +143,11 @@ def read_header(path: Path) -> tuple[dict, dict[str, tuple[str, tuple[int, ...],
             raise ValueError("header is not a JSON object")
         entries = _entries(header, size - 8 - n)
     except PermissionError as e:
-        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check its permissions.")
+        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check its permissions.") from e
     except OSError as e:
-        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check the file and the disk.")
+        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check the file and the disk.") from e
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise BakesteerError(f"{path} is truncated or corrupt ({e}); re-download or re-save it.")
+        raise BakesteerError(f"{path} is truncated or corrupt ({e}); re-download or re-save it.") from e
     return header.get("__metadata__") or {}, entries, 8 + n
 
 
@@ -183,7 +183,7 @@ class Checkpoint(TensorSource):
             try:
                 index = json.loads(where.read_text())
             except (OSError, ValueError) as e:
-                raise BakesteerError(f"{where} is not a valid index ({type(e).__name__}: {e}); re-download it.")
+                raise BakesteerError(f"{where} is not a valid index ({type(e).__name__}: {e}); re-download it.") from e
             wmap = index.get("weight_map") if isinstance(index, dict) else None
             if (not isinstance(wmap, dict) or not wmap or not all(isinstance(k, str) for k in wmap)
                     or not isinstance(index.get("metadata", {}), dict)):
@@ -219,9 +219,9 @@ def read_config(root: Path) -> dict:
     try:
         cfg = json.loads(path.read_text())
     except PermissionError as e:
-        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check its permissions.")
+        raise BakesteerError(f"{path} cannot be read ({e.strerror}); check its permissions.") from e
     except (OSError, ValueError) as e:
-        raise BakesteerError(f"{path} is not valid JSON ({e}); fix or re-download it.")
+        raise BakesteerError(f"{path} is not valid JSON ({e}); fix or re-download it.") from e
     if not isinstance(cfg, dict):
         raise BakesteerError(f"{path} holds a JSON {type(cfg).__name__}, not an object; fix or re-download it.")
     return cfg
@@ -305,7 +305,7 @@ def link_file(src: Path, dst: Path) -> None:
         raise BakesteerError(
             f"cannot hard-link {src} into the output ({e.strerror}); drop --link or write the output on the same "
             "file system as the model."
-        )
+        ) from e
 
 
 def tensor_bytes(t: np.ndarray) -> bytes:

@@ -91,5 +91,5 @@ def resolve_model(model: str | None) -> tuple[Path, str, dict]:
         raise BakesteerError(
             f"{model} is neither a folder nor a model in the local Hub cache, and bakesteer never downloads: "
             f"download it first (`hf download {model}`), or pass its folder."
-        )
+        ) from None
     return snap, model.rsplit("/", 1)[-1], {"hub_id": model, "revision": snap.name}

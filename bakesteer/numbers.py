@@ -51,4 +51,4 @@ def layers_arg(text: str) -> list[int]:
     try:
         return parse_layers(text)
     except BakesteerError as e:
-        raise argparse.ArgumentTypeError(str(e).rstrip("."))
+        raise argparse.ArgumentTypeError(str(e).rstrip(".")) from e

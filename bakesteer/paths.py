@@ -39,9 +39,9 @@ def regular_file(folder: Path, name: str, where: str) -> Path:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise BakesteerError(f"{where} names {name} but the file is missing; re-download it.")
+        raise BakesteerError(f"{where} names {name} but the file is missing; re-download it.") from None
     except OSError as e:
-        raise BakesteerError(f"{path} cannot be opened ({e.strerror}); replace it with the real file.")
+        raise BakesteerError(f"{path} cannot be opened ({e.strerror}); replace it with the real file.") from e
     if not stat.S_ISREG(st.st_mode):
         raise BakesteerError(f"{path} is not a regular file; replace it with the real file.")
     if not inside(folder, path):

@@ -40,7 +40,7 @@ def plot_sweep(result: dict, out: Path, chosen: list[int] | None = None, title: 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for j, c in enumerate(coefs):
         for s, style in zip(sets, styles):
-            ax.plot(layers, _grid(result, lambda p: p["ratio"][s])[:, j], style, marker="o", ms=3,
+            ax.plot(layers, _grid(result, lambda p, s=s: p["ratio"][s])[:, j], style, marker="o", ms=3,
                     color=colors[j], label=f"{s}, coef {c:g}")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set(xlabel="layer (block)", ylabel="perplexity ratio (steered / source)", yscale="log",
@@ -54,7 +54,7 @@ def plot_sweep(result: dict, out: Path, chosen: list[int] | None = None, title: 
     for layer in chosen:
         i = layers.index(layer)
         for s, style in zip(sets, styles):
-            axes[0, 0].plot(coefs, _grid(result, lambda p: p["ratio"][s])[i], style, marker="o", ms=3,
+            axes[0, 0].plot(coefs, _grid(result, lambda p, s=s: p["ratio"][s])[i], style, marker="o", ms=3,
                             label=f"L{layer} {s}")
         if has_kl:
             axes[0, 1].plot(coefs, _grid(result, lambda p: p["kl"])[i], marker="o", ms=3, label=f"L{layer}")
@@ -66,7 +66,7 @@ def plot_sweep(result: dict, out: Path, chosen: list[int] | None = None, title: 
         axes[0, 1].legend(fontsize=7)
     paths.append(_save(fig, out / "by_coef.png"))
 
-    panels = [(f"log₂ ratio, {s}", _grid(result, lambda p: np.log2(p["ratio"][s]))) for s in sets]
+    panels = [(f"log₂ ratio, {s}", _grid(result, lambda p, s=s: np.log2(p["ratio"][s]))) for s in sets]
     if has_kl:
         panels.append(("KL (nats/token)", _grid(result, lambda p: p["kl"])))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.35 * len(layers) + 2.5), squeeze=False)

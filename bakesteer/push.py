@@ -93,7 +93,8 @@ def push(folder: str | Path, repo: str, private: bool = False, revision: str | N
     files = files_to_push(folder)
     token = None if dry_run else get_token()
     if not dry_run and not token:
-        raise BakesteerError("no Hugging Face token found; log in with `hf auth login` (or set HF_TOKEN) and push again.")
+        raise BakesteerError(
+            "no Hugging Face token found; log in with `hf auth login` (or set HF_TOKEN) and push again.")
     if baked:
         card = card_for(folder, repo, progress=progress, record=not dry_run)
     else:  # --force on a folder that is not a bake: pushed as it is
@@ -112,7 +113,7 @@ def push(folder: str | Path, repo: str, private: bool = False, revision: str | N
                                  commit_message="Upload a bakesteer bake")
     except HfHubHTTPError as e:
         raise BakesteerError(f"the Hub refused the upload to {repo} ({str(e).splitlines()[0]}); check the name and "
-                             "your token's write access.")
+                             "your token's write access.") from e
     except Exception as e:
         if not _network_error(e):
             raise

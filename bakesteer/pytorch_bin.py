@@ -41,7 +41,7 @@ def convert_bin(src: Path, dst: Path, progress: bool = False) -> None:
         try:
             names = json.loads((src / BIN_INDEX).read_text())["weight_map"].values()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise BakesteerError(f"{src / BIN_INDEX} is not a valid index ({e}); re-download it.")
+            raise BakesteerError(f"{src / BIN_INDEX} is not a valid index ({e}); re-download it.") from e
         shards = sorted({plain_name(n, str(src / BIN_INDEX)) for n in names})
     else:
         shards = [BIN_SINGLE]
@@ -53,7 +53,7 @@ def convert_bin(src: Path, dst: Path, progress: bool = False) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises many types for damaged or unsafe pickles
-            raise BakesteerError(f"{src / shard} could not be read safely ({type(e).__name__}); re-download it.")
+            raise BakesteerError(f"{src / shard} could not be read safely ({type(e).__name__}); re-download it.") from e
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
                                                   for k, t in state.items()):
             raise BakesteerError(f"{path} does not hold a state dict of named tensors; re-download it.")

@@ -91,7 +91,8 @@ def load_record(folder: str | Path) -> Record:
         _need(all(v.ndim == 1 and v.dtype == np.float64 and np.isfinite(v).all() for v in vectors)
               and len({v.shape for v in vectors}) == 1, "a vector is not a finite float64 [hidden] array")
         originals = load_file(str(regular_file(side, "original_biases.safetensors", str(out / RECIPE))))
-        _need(set(originals) <= set(recipe["tensors_changed"]), "an original bias is of a tensor the bake did not change")
+        _need(set(originals) <= set(recipe["tensors_changed"]),
+              "an original bias is of a tensor the bake did not change")
         config = regular_file(side, "original_config.json", str(out / RECIPE)).read_bytes()
         index = optional("original_index.json")
         held, readme = optional(HELDOUT), optional(README_ORIG)

@@ -35,29 +35,40 @@ def check(value, spec, path: str = "") -> None:
     if isinstance(spec, Opt):
         check(value, spec.spec, path)
     elif isinstance(spec, dict):
-        if not isinstance(value, dict):
-            raise ValueError(f"{path or 'the record'} is not an object")
-        for key, sub in spec.items():
-            if key in value:
-                check(value[key], sub, f"{path}{key}.")
-            elif not isinstance(sub, Opt):
-                raise ValueError(f"{path}{key} is missing")
+        _check_object(value, spec, path)
     elif isinstance(spec, list):
-        if not isinstance(value, list):
-            raise ValueError(f"{path.rstrip('.')} is not a list")
+        _check_container(value, list, path)
         for i, item in enumerate(value):
             check(item, spec[0], f"{path.rstrip('.')}[{i}].")
     elif isinstance(spec, MapOf):
-        if not isinstance(value, dict):
-            raise ValueError(f"{path.rstrip('.')} is not an object")
+        _check_container(value, dict, path)
         for key, item in value.items():
             check(item, spec.spec, f"{path}{key}.")
     elif isinstance(spec, (type, tuple)):
-        types = spec if isinstance(spec, tuple) else (spec,)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ValueError(f"{path.rstrip('.')} is not {' or '.join(t.__name__ for t in types).replace('NoneType', 'null')}")
+        _check_type(value, spec if isinstance(spec, tuple) else (spec,), path)
     else:
         spec(value, path.rstrip("."))
+
+
+def _check_object(value, spec: dict, path: str) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{path or 'the record'} is not an object")
+    for key, sub in spec.items():
+        if key in value:
+            check(value[key], sub, f"{path}{key}.")
+        elif not isinstance(sub, Opt):
+            raise ValueError(f"{path}{key} is missing")
+
+
+def _check_container(value, kind: type, path: str) -> None:
+    if not isinstance(value, kind):
+        raise ValueError(f"{path.rstrip('.')} is not {'a list' if kind is list else 'an object'}")
+
+
+def _check_type(value, types: tuple, path: str) -> None:
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = " or ".join(t.__name__ for t in types).replace("NoneType", "null")
+        raise ValueError(f"{path.rstrip('.')} is not {names}")
 
 
 def number(value, path: str) -> None:

@@ -116,6 +116,28 @@ def run(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+OUT = object()  # stands for the output folder in a command line
+
+
+def commands(src: Path, hub: Path, work: Path, skip_naive: bool) -> dict[str, list]:
+    """Each method's command line; OUT marks where its output folder goes."""
+    bake = [sys.executable, "-m", "bakesteer", "bake", "-q"]
+    resid = [*bake, "--vector", str(work / "v.json"), "--layer", "3", "-o", OUT]
+    mlp_in = [*bake, "--vector", str(work / "u.json"), "--layer", "2", "-o", OUT]
+    methods = {
+        "cp -r": ["cp", "-r", str(src), OUT],
+        "cat > /dev/null": ["sh", "-c", f'cat "{src}"/* > /dev/null; mkdir "$0"', OUT],
+        "bakesteer resid (copy)": [*resid, "--model", str(src)],
+        "bakesteer mlp_in (copy)": [*mlp_in, "--model", str(src)],
+        "bakesteer resid (--link)": [*resid, "--model", str(src), "--link"],
+        "bakesteer mlp_in (--link)": [*mlp_in, "--model", str(src), "--link"],
+        "bakesteer resid (--link, Hub cache)": [*resid, "--model", str(hub), "--link"],
+    }
+    if not skip_naive:
+        methods["naive load+save"] = [sys.executable, "-c", NAIVE, str(src), OUT, "2"]
+    return methods
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", default="5,12", help="checkpoint sizes as block counts (5 ≈ 2.2 GB, 12 ≈ 4.6 GB)")
@@ -128,46 +150,28 @@ def main() -> None:
         print(make_checkpoint(Path(args.make[0]), int(args.make[1])))
         return
     work = Path(tempfile.mkdtemp(prefix="bench_bake-", dir=args.workdir))
-    bakesteer = [sys.executable, "-m", "bakesteer"]
     largest_read = INTER * HIDDEN * 2 / 2**20  # mlp_in reads gate and up, one at a time: (11008, 4096) bf16
     try:
         (work / "v.json").write_text(json.dumps({"directions": {"3": [1.0] * HIDDEN}}))  # IBM key 3 = resid 2
         (work / "u.json").write_text(json.dumps({"bakesteer": {"site": "mlp_in", "vectors": {"2": [1.0] * HIDDEN}}}))
-        print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} "
-              f"GiB; work folder {work}")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        print(f"machine: {os.cpu_count()} cores, {ram:.0f} GiB; work folder {work}")
         for layers in [int(x) for x in args.layers.split(",")]:
             src = work / f"src-{layers}"
             t0 = time.perf_counter()
             size = int(subprocess.run([sys.executable, __file__, "--make", str(src), str(layers)], check=True,
                                       capture_output=True, text=True).stdout)
             nshards = len(list(src.glob("*.safetensors")))
-            print(f"\n## {size / 1e9:.2f} GB, {nshards} shards, {layers} blocks (made in {time.perf_counter() - t0:.0f} s)")
+            made = time.perf_counter() - t0
+            print(f"\n## {size / 1e9:.2f} GB, {nshards} shards, {layers} blocks (made in {made:.0f} s)")
             subprocess.run(["cat", *map(str, src.iterdir())], stdout=subprocess.DEVNULL)  # warm the page cache
             hub = hub_layout(src, work / "hub")
-            methods = {
-                "cp -r": lambda out: ["cp", "-r", str(src), str(out)],
-                "cat > /dev/null": lambda out: ["sh", "-c", f"mkdir {out} && cat {src}/* > /dev/null"],
-                "bakesteer resid (copy)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
-                                                       str(work / "v.json"), "--layer", "3", "-o", str(out), "-q"],
-                "bakesteer mlp_in (copy)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
-                                                        str(work / "u.json"), "--layer", "2", "-o", str(out), "-q"],
-                "bakesteer resid (--link)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
-                                                         str(work / "v.json"), "--layer", "3", "-o", str(out), "-q",
-                                                         "--link"],
-                "bakesteer mlp_in (--link)": lambda out: [*bakesteer, "bake", "--model", str(src), "--vector",
-                                                          str(work / "u.json"), "--layer", "2", "-o", str(out), "-q",
-                                                          "--link"],
-                "bakesteer resid (--link, Hub cache)": lambda out: [*bakesteer, "bake", "--model", str(hub), "--vector",
-                                                                    str(work / "v.json"), "--layer", "3", "-o",
-                                                                    str(out), "-q", "--link"],
-            }
-            if not args.skip_naive:
-                methods["naive load+save"] = lambda out: [sys.executable, "-c", NAIVE, str(src), str(out), "2"]
+            methods = commands(src, hub, work, args.skip_naive)
             results = {m: [] for m in methods}
-            for r in range(args.rounds):
+            for _ in range(args.rounds):
                 for name, cmd in methods.items():
                     out = work / "out"
-                    results[name].append(run(cmd(out)))
+                    results[name].append(run([str(out) if x is OUT else x for x in cmd]))
                     shutil.rmtree(out)
                     subprocess.run(["sync"])
             cp = statistics.median(w for w, _ in results["cp -r"])

@@ -46,7 +46,8 @@ def main() -> None:
         for site, s in steers.items():
             bake(src, [Item(s, {})], d / site, progress=False)
             convert(d / site, d / f"{site}.gguf")
-            baked, llm = AutoModelForCausalLM.from_pretrained(d / site, dtype=torch.float32).eval(), load(d / f"{site}.gguf")
+            baked = AutoModelForCausalLM.from_pretrained(d / site, dtype=torch.float32).eval()
+            llm = load(d / f"{site}.gguf")
             diff = max(np.abs(logits(llm, i) - hf_logits(baked, i)).max() for i in ids)
             effect = max(np.abs(hf_logits(baked, i) - hf_logits(model, i)).max() for i in ids)
             g = baked.generate(torch.tensor([ids[0]]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
@@ -60,7 +61,8 @@ def main() -> None:
         for p, i in zip(PROMPTS, ids):
             want = cvec_logits(smollm2_gguf(), (s.coef * s.vector).astype(np.float32), L, i)
             got = logits(baked, i)
-            print(f"{p!r:40s} max |Δ| {np.abs(got - want).max():.2e} = {np.abs(got - want).max() / np.abs(want).max():.1e}"
+            err = np.abs(got - want).max()
+            print(f"{p!r:40s} max |Δ| {err:.2e} = {err / np.abs(want).max():.1e}"
                   f" relative; baked vs unbaked {np.abs(got - logits(plain, i)).max():.3f}")
         print("# 3. attn_in into an F32 GGUF from llama.cpp's converter (q/k stored permuted) vs transformers hooked")
         s = steers["attn_in"]

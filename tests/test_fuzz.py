@@ -24,7 +24,8 @@ from bakesteer.cli import main
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 SEED = int(os.environ.get("BAKESTEER_FUZZ_SEED", 20261202))
-CASES = int(os.environ.get("BAKESTEER_FUZZ_CASES", 40))  # per target; a fixed budget that keeps the whole fuzz under a minute on two cores
+# per target; a fixed budget that keeps the whole fuzz under a minute on two cores
+CASES = int(os.environ.get("BAKESTEER_FUZZ_CASES", 40))
 NASTY = [None, True, -1, 0, 2 ** 64, 1e308, -1e308, float("nan"), "", "x", "../../escape", "/etc/passwd", "5",
          "layer.01", [], [1, 2], {}, {"a": 1}, "a" * 300, "F8_E4M3", "\u0000"]
 
