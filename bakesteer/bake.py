@@ -14,6 +14,7 @@ import numpy as np
 from . import __version__
 from .arch import Arch, Site, approx_slots, find_arch, flag_on, fold_target, is_exact
 from .checkpoint import INDEX, Checkpoint, TensorSource, write_checkpoint
+from .configs import for_every_reader
 from .errors import BakesteerError
 from .fold import apply_delta, check_cast, direct_delta, through_delta
 from .progress import bar
@@ -171,7 +172,7 @@ def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, fl
         config["architectures"] = [arch.architectures[0]]
     for flag in flags:
         config[flag] = True
-    return config
+    return for_every_reader(config)
 
 
 def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.ndarray] | None = None,

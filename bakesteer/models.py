@@ -6,10 +6,12 @@ GGUF; it is converted once to a safetensors folder in bakesteer's cache. Nothing
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
 
+from .configs import for_every_reader
 from .errors import BakesteerError
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -44,6 +46,7 @@ def ensure_default_model(quiet: bool = False) -> Path:
     """The SmolLM2 safetensors folder, converted from the packaged GGUF on first use (idempotent)."""
     out = default_model_dir()
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        _config_for_every_reader(out / "config.json")  # a cache converted before configs carried both forms
         return out
     gguf = smollm2_gguf()
     if not quiet:
@@ -70,7 +73,18 @@ def ensure_default_model(quiet: bool = False) -> Path:
     with Staging(out) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        _config_for_every_reader(Path(tmp) / "config.json")
     return out
+
+
+def _config_for_every_reader(path: Path) -> None:
+    """Rewrite bakesteer's own converted config.json with the keys older readers need (see configs.py)."""
+    config = json.loads(path.read_text())
+    both = for_every_reader(config)
+    if both != config:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(both, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
 
 def resolve_model(model: str | None) -> tuple[Path, str, dict]:

@@ -24,6 +24,8 @@ step "3/3 test-only oracles: the peer libraries, then llama.cpp from source"
 # transformers 5, and the tests need neither pin); the peers themselves go in with --no-deps.
 "$PY" -m pip install --quiet scikit-learn
 "$PY" -m pip install --quiet --no-deps repeng==0.4.0 steering-vectors==0.12.2
+# MLX-LM, a runtime the tests run bakes in (CPU wheels; tests/test_mlx.py skips without it)
+"$PY" -m pip install --quiet -e ".[mlx]" || echo "setup: MLX-LM did not install; tests/test_mlx.py will skip."
 if ! "$PY" scripts/get_llamacpp.py; then
   echo "setup: llama.cpp is not available; the main job is done, and the tests that need llama.cpp" \
        "(tests/test_llamacpp.py) will skip."

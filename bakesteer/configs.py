@@ -1,0 +1,43 @@
+"""config.json that readers of both transformers eras parse to the same model.
+
+transformers 5 moved ``rope_theta``, ``rope_scaling`` and ``partial_rotary_factor`` into ``rope_parameters``
+(per layer type for Gemma 3) and ``torch_dtype`` to ``dtype``, and writes only the new form. Readers built on
+the older form (MLX-LM, and exporters that pin transformers 4) then silently fall back to their defaults,
+rope_theta = 10000 among them. transformers 5 reads ``rope_parameters`` first, so writing the old keys beside
+the new ones changes nothing for it and everything for the others.
+"""
+from __future__ import annotations
+
+# rope_parameters per layer type (transformers 5) -> the key older readers take its rope_theta from
+PER_LAYER_TYPE = {"full_attention": "rope_theta", "sliding_attention": "rope_local_base_freq"}
+MOVED = ("rope_theta", "partial_rotary_factor")  # plain values transformers 5 keeps inside rope_parameters
+
+
+def _legacy_rope(rope: dict) -> dict:
+    """The old-form keys for one flat ``rope_parameters`` dict."""
+    out = {key: rope[key] for key in MOVED if key in rope}
+    if rope.get("rope_type", "default") != "default":
+        scaling = {k: v for k, v in rope.items() if k not in MOVED}
+        out["rope_scaling"] = {**scaling, "type": scaling["rope_type"]}  # older readers look for "type"
+    return out
+
+
+def for_every_reader(config: dict) -> dict:
+    """``config`` with the keys transformers 5 moved also written where older readers look (never overwritten)."""
+    out = dict(config)
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+        for kind, key in PER_LAYER_TYPE.items():
+            if isinstance(rope.get(kind), dict) and "rope_theta" in rope[kind]:
+                out.setdefault(key, rope[kind]["rope_theta"])
+        for key, value in _legacy_rope(rope["full_attention"]).items():
+            if key != "rope_theta":
+                out.setdefault(key, value)
+    elif isinstance(rope, dict):
+        for key, value in _legacy_rope(rope).items():
+            out.setdefault(key, value)
+    if "dtype" in config:
+        out.setdefault("torch_dtype", config["dtype"])
+    if isinstance(config.get("text_config"), dict):  # multimodal wrappers keep the decoder's config inside
+        out["text_config"] = for_every_reader(config["text_config"])
+    return out
