@@ -17,8 +17,8 @@ def _legacy_rope(rope: dict) -> dict:
     """The old-form keys for one flat ``rope_parameters`` dict."""
     out = {key: rope[key] for key in MOVED if key in rope}
     if rope.get("rope_type", "default") != "default":
-        scaling = {k: v for k, v in rope.items() if k not in MOVED}
-        out["rope_scaling"] = {**scaling, "type": scaling["rope_type"]}  # older readers look for "type"
+        # transformers 5 takes a present rope_scaling as its rope_parameters: the same dict keeps it unchanged
+        out["rope_scaling"] = dict(rope)
     return out
 
 
