@@ -19,8 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bakesteer.extract import Pair, extract
 from bakesteer.models import ensure_default_model
 
-np.float_ = np.float64  # repeng 0.4.0 names np.float_, removed in NumPy 2
+np.float_ = np.float64  # repeng 0.4.0 names np.float_ (removed in NumPy 2) at import
 from repeng import ControlVector, DatasetEntry  # noqa: E402
+
+del np.float_  # leave NumPy as it was
 
 PERSONAS = [("happy", "sad"), ("honest", "deceptive"), ("calm", "furious"), ("generous", "greedy")]
 SUFFIXES = [

@@ -21,6 +21,7 @@ from bakesteer.vectors import load_vector_file
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
 from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite  # noqa: E402
+from tiny import HIDDEN, make_model  # noqa: E402
 
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 LAYER = 5
@@ -32,11 +33,11 @@ def _love(site: str) -> Steer:
     return Steer("resid", LAYER, v, 1.0) if site == "resid" else Steer(site, LAYER, v / np.linalg.norm(v), 8.0)
 
 
-def _hf_plain_and_hooked(model, ids: list[int], steer: Steer) -> tuple[np.ndarray, np.ndarray]:
+def _hf_plain_and_hooked(model, ids: list[int], steer: Steer | list[Steer]) -> tuple[np.ndarray, np.ndarray]:
     x = torch.tensor([ids])
     with torch.no_grad():
         base = model(x).logits[0].double().numpy()
-        with steering(model, [steer]):
+        with steering(model, steer if isinstance(steer, list) else [steer]):
             return base, model(x).logits[0].double().numpy()
 
 
@@ -170,3 +171,28 @@ def test_gguf_weight_that_cannot_be_dequantized(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert "cannot dequantize blk.5.attn_q.weight (Q4_1" in err and "\n" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+
+
+@pytest.mark.parametrize("site", ["resid", "attn_in"])
+def test_granite_gguf_bake_runs_in_llamacpp_as_the_converted_transformers_bake(tmp_path, smollm2, site):
+    """A tiny Granite (residual_multiplier 0.22, SmolLM2's tokenizer so the converter takes it): the GGUF bake of
+    its llama.cpp conversion gives llama.cpp's logits of the converted transformers bake, and those are
+    transformers' hooked logits. A resid fold that ignored the multiplier would be off by 1/0.22."""
+    import shutil
+
+    make_model("granite", vocab_size=49152, bos_token_id=1, eos_token_id=2).save_pretrained(tmp_path / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, tmp_path / "src" / name)
+    g = np.random.default_rng(3)
+    steers = [Steer(site, layer, g.standard_normal(HIDDEN), 2.0) for layer in (1, 3)]
+    bake(tmp_path / "src", [Item(s, {}) for s in steers], tmp_path / "hf", progress=False)
+    convert(tmp_path / "src", tmp_path / "src.gguf")
+    convert(tmp_path / "hf", tmp_path / "hf.gguf")
+    bake_gguf(tmp_path / "src.gguf", [Item(s, {}) for s in steers], tmp_path / "baked.gguf")
+    ids = list(range(5, 29))
+    ours, converted, plain = (logits(load(tmp_path / f), ids) for f in ("baked.gguf", "hf.gguf", "src.gguf"))
+    source = AutoModelForCausalLM.from_pretrained(tmp_path / "src", dtype=torch.float32).eval()
+    _, hooked = _hf_plain_and_hooked(source, ids, steers)
+    assert np.abs(ours - converted).max() <= 1e-5
+    assert np.abs(ours - hooked).max() <= 1e-4
+    assert np.abs(converted - plain).max() >= 100 * 1e-4  # the steer moved llama.cpp's logits far beyond that
