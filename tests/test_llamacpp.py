@@ -196,3 +196,25 @@ def test_granite_gguf_bake_runs_in_llamacpp_as_the_converted_transformers_bake(t
     assert np.abs(ours - converted).max() <= 1e-5
     assert np.abs(ours - hooked).max() <= 1e-4
     assert np.abs(converted - plain).max() >= 100 * 1e-4  # the steer moved llama.cpp's logits far beyond that
+
+
+@pytest.mark.parametrize("family,site", [("qwen2", "attn_in"), ("gpt2", "attn_in"), ("gpt2", "mlp_in"),
+                                         ("gpt2", "resid")])
+def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_path, family, site):
+    """A tiny Qwen2 / GPT-2 as llama.cpp's qwen2 / gpt2 architecture (tests/gguf_convert.py; the converter
+    refuses the tiny model's tokenizer): the GGUF bake's llama.cpp logits equal transformers' hooked ones
+    within llama.cpp's own error on the unbaked model (GPT-2: its GELU table, ~5e-3). A Conv1D layout read
+    the wrong way round would be refused or off by the whole steering effect."""
+    import gguf_convert
+
+    model = make_model(family, vocab_size=49152, bos_token_id=1, eos_token_id=2)
+    gguf_convert.write(tmp_path / "src.gguf", family, model, smollm2_gguf())
+    g = np.random.default_rng(3)
+    steers = [Steer(site, layer, g.standard_normal(HIDDEN), 2.0) for layer in (1, 3)]
+    bake_gguf(tmp_path / "src.gguf", [Item(s, {}) for s in steers], tmp_path / "baked.gguf")
+    ids = list(range(5, 29))
+    plain, hooked = _hf_plain_and_hooked(model, ids, steers)
+    own = np.abs(logits(load(tmp_path / "src.gguf"), ids) - plain).max()  # llama.cpp vs transformers, unbaked
+    tol = max(1e-4, 2 * own)
+    assert np.abs(logits(load(tmp_path / "baked.gguf"), ids) - hooked).max() <= tol
+    assert np.abs(hooked - plain).max() >= 100 * tol
