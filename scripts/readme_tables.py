@@ -55,6 +55,35 @@ def test_time() -> str:
     return f"{round(int(m.group(2)) / 60)} minutes"
 
 
+def _short(x: float) -> str:
+    """1.49e-04 -> 1.5e-4."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m.group(1).replace('+', '')}{m.group(2)}", f"{x:.1e}")
+
+
+def llamacpp() -> str:
+    """The llama.cpp checks (scripts/llamacpp_figures.py's output)."""
+    text = (RESULTS / "llamacpp.txt").read_text()
+    conv = {m[0]: (float(m[1]), float(m[2]), m[3]) for m in
+            re.findall(r"^(\w+)\s+max \|Δlogit\| llama.cpp vs transformers (\S+); steering effect (\S+); "
+                       r"(\d+) greedy tokens identical", text, re.M)}
+    cvec = [(float(d), float(e)) for d, e in re.findall(r"max \|Δ\| (\S+) = .*? baked vs unbaked (\S+)", text)]
+    right, wrong = re.search(r"stored weight: max \|Δ\| (\S+); from transformers' unpermuted weight: (\S+)",
+                             text).groups()
+    worst = max(d for d, _ in cvec)
+    rows = ["| check | max \\|Δlogit\\| | steering effect | greedy |", "|---|---|---|---|"]
+    for site, what in (("resid", "`resid` bake → `convert_hf_to_gguf.py` f32 → llama.cpp vs transformers"),
+                       ("attn_in", "`attn_in` bake, the same way")):
+        d, e, n = conv[site]
+        rows.append(f"| {what} | {_short(d)} | {e:.1f} | {n} tokens identical |")
+    rows.append("| `resid` baked into the Q4_1 GGUF vs llama.cpp's own control vector on the unbaked file | "
+                + ("0 (bit-identical)" if worst == 0 else _short(worst))
+                + f" | {min(e for _, e in cvec):.1f}–{max(e for _, e in cvec):.1f} | |")
+    rows.append("| `attn_in` baked into an F32 GGUF from llama.cpp's converter vs transformers hooked | "
+                f"{_short(float(right))} (same bias in unpermuted q/k order: {float(wrong):.1f}) | "
+                f"{conv['attn_in'][1]:.1f} | |")
+    return "\n" + "\n".join(rows) + "\n"
+
+
 def _has_group(family: str, group: str) -> bool:
     arch = ARCHS[family]
     return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
@@ -88,7 +117,8 @@ def headline() -> str:
 
 GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-rounding": fp32_rounding,
                                             "bench-extract": bench_extract, "test-time": test_time,
-                                            "portability": portability, "headline": headline}
+                                            "portability": portability, "headline": headline,
+                                            "llamacpp": llamacpp}
 
 
 def render(text: str) -> str:
