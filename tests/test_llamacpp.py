@@ -4,6 +4,8 @@
    transformers' logits.
 2. A bake straight into SmolLM2's Q4_1 GGUF equals llama.cpp's own control-vector steering of the
    unbaked GGUF (resid), and its attn_in bias is in llama.cpp's permuted q/k order.
+3. GGUF bakes of tiny Granite, Qwen2 and GPT-2 models run in llama.cpp as transformers' hooks.
+(GGUF bakes that need only the gguf package are in tests/test_gguf_bake.py.)
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bakesteer.bake import Item, bake
-from bakesteer.cli import main
 from bakesteer.gguf_bake import bake_gguf
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import smollm2_gguf
@@ -116,61 +117,6 @@ def test_gguf_attn_in_on_q4_1_steers_like_transformers(tmp_path, smollm2_model, 
         d_cpp = logits(baked, ids) - logits(plain, ids)
         cos = float((d_hf * d_cpp).sum() / np.linalg.norm(d_hf) / np.linalg.norm(d_cpp))
         assert cos >= 0.95, cos
-
-
-def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
-    out = tmp_path / "o.gguf"
-    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", "love.svec", "--layer", "5", "-o", str(out),
-                 "-q"]) == 0
-    assert out.is_file() and "blk.5.ffn_down.bias" in capsys.readouterr().out
-    import json
-
-    import gguf
-
-    a, b = gguf.GGUFReader(str(smollm2_gguf())), gguf.GGUFReader(str(out))
-    before, after = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    assert set(after) - set(before) == {"blk.5.ffn_down.bias"}
-    for name, t in before.items():  # every input tensor byte for byte, its quantization untouched
-        assert after[name].tensor_type == t.tensor_type and bytes(after[name].data) == bytes(t.data), name
-    assert json.loads(b.get_field("bakesteer.recipe").contents())["steers"][0]["layer"] == 5
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"GGUF" + b"\0" * 20)
-    import gguf
-
-    other = tmp_path / "qwen3.gguf"
-    w = gguf.GGUFWriter(str(other), "qwen3")
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-    bare = tmp_path / "bare.gguf"
-    w = gguf.GGUFWriter(str(bare), "llama")
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-    for argv, match in [
-        (["--model", str(other)], "GGUF architecture 'qwen3' is not in bakesteer's table"),
-        (["--model", str(bare)], "lacks llama.embedding_length"),
-        (["--model", str(bad)], "not a readable GGUF"),
-        (["--model", str(smollm2_gguf()), "-o", str(out)], "already exists"),
-        (["--model", str(out), "-o", str(tmp_path / "again.gguf")], "already baked"),
-    ]:
-        capsys.readouterr()
-        assert main(["bake", "--vector", "love.svec", "--layer", "5", "-q", "-o", str(tmp_path / "x.gguf"), *argv]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
-
-
-def test_gguf_weight_that_cannot_be_dequantized(tmp_path, monkeypatch, capsys):
-    import gguf
-
-    def refuse(data, qtype):
-        raise NotImplementedError(f"dequantization of {qtype.name} is not implemented")
-
-    monkeypatch.setattr(gguf.quants, "dequantize", refuse)
-    out, vec = tmp_path / "o.gguf", tmp_path / "v.npy"
-    np.save(vec, np.ones(576, dtype=np.float32))
-    capsys.readouterr()
-    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", str(vec), "--layer", "5", "--site",
-                 "attn_in", "-o", str(out), "-q"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "cannot dequantize blk.5.attn_q.weight (Q4_1" in err and "\n" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
 
 
 @pytest.mark.parametrize("site", ["resid", "attn_in"])
