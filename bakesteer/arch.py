@@ -280,7 +280,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},
             _LLAMA_GROUPS, defaults={**_NO_BIAS, "residual_multiplier": 1.0},
             gguf=Gguf("granite", _LLAMA_GGUF_NAMES, {**_GGUF_DIMS, "residual_multiplier": "residual_scale"}),
-            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_g(U, U, U), mlxlm=_ALL, tgi=_ALL,
+            # llama.cpp: q/k/v and MLP run in tests/test_llamacpp.py; o (wo_b, optional) read from its granite graph
+            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL,
                          sglang=_g(I, I, I), exllamav2=_ALL),
         ),
         Arch(
