@@ -190,10 +190,8 @@ _PRE_NORM_SITES = {  # Llama-style pre-norm block: x += attn(norm1(x)); x += mlp
 }
 _POST_NORM = "the MLP output passes through post_feedforward_layernorm before the residual add"
 _SANDWICH_SITES = {  # Gemma2/Gemma3: every sublayer output is normalised before the residual add
-    "attn_in": Site("input_layernorm", _QKV, "through"),
+    **_PRE_NORM_SITES,
     "mlp_in": Site("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
-    "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
-    "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
     "resid": Site("", None, "direct", why_not=_POST_NORM),
 }
 _O = "self_attn.o_proj"
@@ -201,11 +199,9 @@ _APPROX_SLOTS = ((1, "self_attn.q_proj"), (1, "self_attn.k_proj"), (1, _O))  # o
 APPROX_PRE_NORM = Approx(_APPROX_SLOTS, (1, _O))
 APPROX_POST_NORM = Approx(_APPROX_SLOTS, (1, _O), post_norm="post_attention_layernorm")
 _OLMO2_SITES = {  # OLMo2: no pre-norms; x += post_attn_norm(attn(x)); x += post_ff_norm(mlp(x))
+    **_SANDWICH_SITES,
     "attn_in": Site("self_attn", _QKV, "through", at="input"),
     "mlp_in": Site("mlp", ("mlp.gate_proj", "mlp.up_proj"), "through", at="input"),
-    "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
-    "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
-    "resid": Site("", None, "direct", why_not=_POST_NORM),
 }
 _NO_MLP_BIAS = {**_LLAMA_LINEARS, "mlp.gate_proj": NEVER, "mlp.up_proj": NEVER, "mlp.down_proj": NEVER}
 _NO_BIAS = {"attention_bias": False, "mlp_bias": False}  # transformers' defaults for these flags
@@ -284,7 +280,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},
             _LLAMA_GROUPS, defaults={**_NO_BIAS, "residual_multiplier": 1.0},
             gguf=Gguf("granite", _LLAMA_GGUF_NAMES, {**_GGUF_DIMS, "residual_multiplier": "residual_scale"}),
-            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_g(U, U, U), mlxlm=_ALL, tgi=_ALL,
+            # llama.cpp: q/k/v and MLP run in tests/test_llamacpp.py; o (wo_b, optional) read from its granite graph
+            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL,
                          sglang=_g(I, I, I), exllamav2=_ALL),
         ),
         Arch(

@@ -75,7 +75,12 @@ def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict
     for key, value in tensors.items():
         if key not in have:
             w.add_tensor(key, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
+
+
+def finish(writer) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

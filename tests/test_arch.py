@@ -26,7 +26,7 @@ def test_defaults_and_dims_match_transformers(name):
 def test_every_module_and_bias_slot_exists_as_the_table_says(tiny):
     """Build the model with every flag on: ALWAYS/flag slots have a bias, NEVER slots have none."""
     cfg = CONFIGS[tiny]()
-    arch = next(a for a in ARCHS.values() if cfg.model_type in a.model_types)
+    arch = find_arch(cfg.to_dict())
     for slot in set(arch.linears.values()) - {ALWAYS, NEVER}:
         setattr(cfg, slot, True)
     model = AutoModelForCausalLM.from_config(cfg)

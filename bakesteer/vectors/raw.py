@@ -10,7 +10,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from ..errors import BakesteerError
-from . import sv
+from .sv import is_dump, read as read_sv
 from .core import VectorFile, as_vector, by_layer
 
 # what the tensor readers raise on a damaged or crafted file
@@ -52,8 +52,8 @@ def read(path: Path) -> VectorFile:
     except _READ_ERRORS as e:
         raise BakesteerError(f"{path} could not be read as a {suffix} tensor file ({type(e).__name__}); "
                              "check the file.") from e
-    if sv.is_dump(obj):
-        return sv.read(path, obj, _metadata(path) if suffix == ".safetensors" else None)
+    if is_dump(obj):
+        return read_sv(path, obj, _metadata(path) if suffix == ".safetensors" else None)
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
     is_array = isinstance(obj, np.ndarray) or hasattr(obj, "detach")  # numpy, or a torch tensor from .pt

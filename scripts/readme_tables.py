@@ -1,0 +1,156 @@
+"""Write the README's measured figures and tables from the committed results files (and the runtime rows
+from the architecture table), between markers:
+
+    <!-- results:NAME -->generated text<!-- /results:NAME -->
+
+    python scripts/readme_tables.py            # rewrite README.md's marked regions
+    python scripts/readme_tables.py --check    # exit 1, naming each region, when README.md differs
+
+tests/test_readme.py runs the check, so a hand edit of a figure, or a results file re-measured without
+this script, fails the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+from bakesteer.arch import ARCHS, GROUPS, RUNTIMES, NEVER
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "scripts" / "results"
+REGION = re.compile(r"<!-- results:([\w-]+) -->(.*?)<!-- /results:\1 -->", re.S)
+GROUP_TITLE = {"qkv": "q/k/v biases", "o": "o bias", "mlp": "MLP biases"}
+FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also relabelled Mistral, Qwen2)",
+                "granite": "Granite", "qwen2": "Qwen2 (`attn_in`, config unchanged)", "qwen3": "Qwen3",
+                "gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3", "olmo2": "OLMo2"}
+VERBS = {"ignored": ("ignores", "ignore"), "refused": ("refuses", "refuse"), "unknown": ("not checked", "not checked")}
+
+
+def _equivalence_rows() -> list[str]:
+    return [line for line in (RESULTS / "equivalence_table.md").read_text().splitlines() if line.startswith("|")]
+
+
+def equivalence() -> str:
+    return "\n" + "\n".join(_equivalence_rows()) + "\n"
+
+
+def fp32_rounding() -> str:
+    """fp32's own error (hooked fp32 vs hooked fp64) on the real model, three layers."""
+    row = next(r for r in _equivalence_rows() if r.startswith("| SmolLM2") and "×3" in r)
+    return row.split("|")[5].strip()
+
+
+def bench_extract() -> str:
+    text = (RESULTS / "bench_extract.txt").read_text()
+    rate = dict(re.findall(r"^\s+(\w+)\s+[\d.]+ s\s+([\d.]+) pairs/s", text, re.M))
+    speedup = re.search(r"speed-up bakesteer / repeng: ([\d.]+)x", text).group(1)
+    return f"{rate['bakesteer']} vs {rate['repeng']} pairs/s, {speedup}×"
+
+
+def test_time() -> str:
+    m = re.search(r"ci wall time: (\d+) s \(tests: (\d+) s\)", (RESULTS / "ci_wall_time.txt").read_text())
+    return f"{round(int(m.group(2)) / 60)} minutes"
+
+
+def _short(x: float) -> str:
+    """1.49e-04 -> 1.5e-4."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m.group(1).replace('+', '')}{m.group(2)}", f"{x:.1e}")
+
+
+def llamacpp() -> str:
+    """The llama.cpp checks (scripts/llamacpp_figures.py's output)."""
+    text = (RESULTS / "llamacpp.txt").read_text()
+    conv = {m[0]: (float(m[1]), float(m[2]), m[3]) for m in
+            re.findall(r"^(\w+)\s+max \|Δlogit\| llama.cpp vs transformers (\S+); steering effect (\S+); "
+                       r"(\d+) greedy tokens identical", text, re.M)}
+    cvec = [(float(d), float(e)) for d, e in re.findall(r"max \|Δ\| (\S+) = .*? baked vs unbaked (\S+)", text)]
+    right, wrong = re.search(r"stored weight: max \|Δ\| (\S+); from transformers' unpermuted weight: (\S+)",
+                             text).groups()
+    worst = max(d for d, _ in cvec)
+    rows = ["| check | max \\|Δlogit\\| | steering effect | greedy |", "|---|---|---|---|"]
+    for site, what in (("resid", "`resid` bake → `convert_hf_to_gguf.py` f32 → llama.cpp vs transformers"),
+                       ("attn_in", "`attn_in` bake, the same way")):
+        d, e, n = conv[site]
+        rows.append(f"| {what} | {_short(d)} | {e:.1f} | {n} tokens identical |")
+    rows.append("| `resid` baked into the Q4_1 GGUF vs llama.cpp's own control vector on the unbaked file | "
+                + ("0 (bit-identical)" if worst == 0 else _short(worst))
+                + f" | {min(e for _, e in cvec):.1f}–{max(e for _, e in cvec):.1f} | |")
+    rows.append("| `attn_in` baked into an F32 GGUF from llama.cpp's converter vs transformers hooked | "
+                f"{_short(float(right))} (same bias in unpermuted q/k order: {float(wrong):.1f}) | "
+                f"{conv['attn_in'][1]:.1f} | |")
+    return "\n" + "\n".join(rows) + "\n"
+
+
+def _has_group(family: str, group: str) -> bool:
+    arch = ARCHS[family]
+    return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
+
+
+def _cell(family: str, group: str) -> str:
+    if not _has_group(family, group):
+        return "–"
+    rows = ARCHS[family].runtimes
+    by = {v: [rt for rt in RUNTIMES if rows[rt][group] == v] for v in ("yes", "ignored", "refused", "unknown")}
+    if len(by["yes"]) == len(RUNTIMES):
+        return "all seven"
+    parts = [", ".join(by["yes"]) or "none"]
+    parts += [f"{', '.join(by[v])} {VERBS[v][len(by[v]) > 1]}" for v in VERBS if by[v]]
+    return "; ".join(parts)
+
+
+def portability() -> str:
+    families = [name for name, a in ARCHS.items() if a.runtimes]
+    lines = ["| written as | " + " | ".join(GROUP_TITLE[g] for g in GROUPS) + " |", "|---" * (1 + len(GROUPS)) + "|"]
+    lines += [f"| {FAMILY_TITLE.get(f, f)} | " + " | ".join(_cell(f, g) for g in GROUPS) + " |" for f in families]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def headline() -> str:
+    """The runtimes that read every bias group of the default model's family (Llama)."""
+    rows = ARCHS["llama"].runtimes
+    names = [rt for rt in RUNTIMES if all(rows[rt][g] == "yes" for g in GROUPS)]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-rounding": fp32_rounding,
+                                            "bench-extract": bench_extract, "test-time": test_time,
+                                            "portability": portability, "headline": headline,
+                                            "llamacpp": llamacpp}
+
+
+def render(text: str) -> str:
+    """``text`` with every marked region regenerated; an unknown region name is an error."""
+    def fill(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in GENERATORS:
+            raise KeyError(f"README region {name!r} has no generator in scripts/readme_tables.py")
+        return f"<!-- results:{name} -->{GENERATORS[name]()}<!-- /results:{name} -->"
+    return REGION.sub(fill, text)
+
+
+def drift(text: str) -> list[str]:
+    """Names of the regions whose text differs from what the results files give."""
+    want = {m.group(1): m.group(2) for m in REGION.finditer(render(text))}
+    return [m.group(1) for m in REGION.finditer(text) if want[m.group(1)] != m.group(2)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="report drift; change nothing")
+    a = ap.parse_args()
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if a.check:
+        bad = drift(text)
+        for name in bad:
+            print(f"README.md region {name!r} differs from its results; run python scripts/readme_tables.py")
+        return 1 if bad else 0
+    readme.write_text(render(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
