@@ -29,6 +29,7 @@ from .hooks import Steer, add_at, site_at, steering, watch
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm")
+READ_CHUNK = 16 << 20  # bytes read and converted at a time
 HEAD_ALIAS = "embed_out.weight"  # GPT-NeoX checkpoints name the head so; transformers 5 calls it lm_head
 Capture = Callable[[int, torch.Tensor], None]  # (batch index, hidden state (B, T, H)) -> None
 
@@ -155,21 +156,37 @@ class Model:
         if info.dtype not in TORCH_DTYPES:
             raise BakesteerError(f"{self.folder} stores {key} as {info.dtype}, which bakesteer cannot run; "
                                  "dequantize the checkpoint first.")
-        raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+        stored = TORCH_DTYPES[info.dtype]
+        target = self.dtype if stored.is_floating_point else stored
+        out = torch.empty(info.shape, dtype=target)  # (shape) on the CPU, filled chunk by chunk
         path = self.folder / info.shard
         try:
             f = self._files.get(info.shard)
             if f is None:
                 f = self._files[info.shard] = open(path, "rb")
             f.seek(info.start)
-            if f.readinto(raw.numpy()) != info.end - info.start:
-                raise OSError(5, "the file ended early")
+            self._fill(f, out.view(-1), stored, info.end - info.start)
         except OSError as e:
             raise BakesteerError(f"cannot read {path} ({e.strerror or e}); check the file and the disk, "
                                  "then run the command again.") from None
-        t = raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
-        floating = t.is_floating_point()
-        return t.to(device=self.device, dtype=self.dtype if floating else t.dtype)
+        return out.to(self.device)
+
+    @staticmethod
+    def _fill(f, flat: torch.Tensor, stored: torch.dtype, nbytes: int) -> None:
+        """Read ``nbytes`` of ``stored`` values into ``flat``, converting a chunk at a time (no second full copy)."""
+        if flat.dtype == stored:
+            if f.readinto(flat.view(torch.uint8).numpy()) != nbytes:
+                raise OSError(5, "the file ended early")
+            return
+        size = torch.empty(0, dtype=stored).element_size()
+        buf = torch.empty(min(nbytes, READ_CHUNK), dtype=torch.uint8)
+        pos = 0
+        while pos < nbytes:
+            m = min(READ_CHUNK, nbytes - pos)
+            if f.readinto(buf[:m].numpy()) != m:
+                raise OSError(5, "the file ended early")
+            flat[pos // size:(pos + m) // size] = buf[:m].view(stored)
+            pos += m
 
     def _key(self, name: str) -> str:
         """The stored name of parameter ``name``: as named, without the base prefix, the head under its old
