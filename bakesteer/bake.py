@@ -258,8 +258,6 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
                  progress: bool) -> tuple[Plan, dict, list[str]]:
     """Fit the slots of the non-exact items, plan the bake, and measure what is written."""
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import approx as ap
 
@@ -273,18 +271,13 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
     if not 0 < opts.tokens <= 1_000_000 or opts.steps < 0 or not opts.lr > 0:
         raise BakesteerError("--calib-tokens must be positive, --fit-steps non-negative and --fit-lr positive.")
     calib = ap.read_calib(opts.calib, opts.seed)
-    device = "cuda" if opts.device == "auto" and torch.cuda.is_available() else opts.device.replace("auto", "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BakesteerError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
-    try:
-        tok = AutoTokenizer.from_pretrained(src)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
-        raise BakesteerError(f"{src} has no usable tokenizer ({type(e).__name__}); an approximate bake reads "
-                             "calibration text with it.") from e
-    ap.tokenized(tok, calib, opts.tokens)  # refuses too little text before loading the model
-    if not progress:
-        transformers.utils.logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device).eval()
+    from .engine import Model, pick_device
+    from .lm import load_tokenizer, take_tokens
+
+    device = pick_device(opts.device)
+    tok = load_tokenizer(src, "an approximate bake reads calibration text with it")
+    ap.tokenized(tok, calib, opts.tokens)  # refuses too little text before any model runs
+    model = Model(src, torch.float32, device)  # block streaming: only the blocks the fit replays are resident
     steers, approximated = [it.steer for it in exact], [it.steer for it in loose]
     fit = ap.fit(model, tok, steers, approximated, calib, opts.tokens, opts.steps, opts.lr, seed=opts.seed,
                  progress=progress)
@@ -294,9 +287,10 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
     for (layer, module) in fit.deltas:
         bkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")[: -len("weight")] + "bias"
         before = p.originals.get(bkey, np.zeros(1)).astype(np.float64)
-        written[(layer, module)] = torch.from_numpy(p.updates[bkey].astype(np.float64) - before).float().to(device)
-    held = ap.batches(ap.encode(tok, calib.heldout, ap.HELDOUT_TOKENS), 16, device)
-    final, = ap.measure(model, steers, approximated, [written], held)
+        kept = p.updates[bkey].astype(np.float64) - before
+        written[(layer, module)] = torch.from_numpy(kept).float().to(device)
+    final, = ap.measure(model, steers, approximated, [written], take_tokens(tok, calib.heldout, ap.HELDOUT_TOKENS))
+    model.close()
     if not np.isfinite(final.kl_hooked_baked):
         raise BakesteerError("the approximate bake gives non-finite outputs on held-out text; nothing was written.")
     record = {**fit.record(), "heldout": asdict(final), "approximated_steers": [items.index(it) for it in loose],

@@ -24,11 +24,12 @@ import torch
 from .arch import Arch, arch_for
 from .checkpoint import Checkpoint
 from .errors import BakesteerError
-from .hooks import Steer, site_at, steering, watch
+from .hooks import Steer, add_at, site_at, steering, watch
 
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm")
+READ_CHUNK = 16 << 20  # bytes read and converted at a time
 HEAD_ALIAS = "embed_out.weight"  # GPT-NeoX checkpoints name the head so; transformers 5 calls it lm_head
 Capture = Callable[[int, torch.Tensor], None]  # (batch index, hidden state (B, T, H)) -> None
 
@@ -62,6 +63,14 @@ def _params_on_meta() -> Iterator[None]:
         yield
     finally:
         torch.nn.Module.register_parameter = register
+
+
+def _observer(fn: Capture, index: int):
+    """A hook body that shows ``fn`` the hidden state and never replaces it."""
+    def see(x: torch.Tensor) -> None:
+        fn(index, x)
+
+    return see
 
 
 class _Stop(Exception):
@@ -100,7 +109,8 @@ class Stream:
 
     batches: list[Batch]
     steers: list[Steer] = field(default_factory=list)
-    captures: dict[tuple[str, int], Capture] = field(default_factory=dict)
+    captures: dict[tuple[str, int], Capture] = field(default_factory=dict)  # (site or module, block) -> capture
+    adds: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # block -> linear -> output delta
 
     def steers_at(self, block: int) -> list[Steer]:
         return [s for s in self.steers if s.layer == block]
@@ -146,21 +156,37 @@ class Model:
         if info.dtype not in TORCH_DTYPES:
             raise BakesteerError(f"{self.folder} stores {key} as {info.dtype}, which bakesteer cannot run; "
                                  "dequantize the checkpoint first.")
-        raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+        stored = TORCH_DTYPES[info.dtype]
+        target = self.dtype if stored.is_floating_point else stored
+        out = torch.empty(info.shape, dtype=target)  # (shape) on the CPU, filled chunk by chunk
         path = self.folder / info.shard
         try:
             f = self._files.get(info.shard)
             if f is None:
                 f = self._files[info.shard] = open(path, "rb")
             f.seek(info.start)
-            if f.readinto(raw.numpy()) != info.end - info.start:
-                raise OSError(5, "the file ended early")
+            self._fill(f, out.view(-1), stored, info.end - info.start)
         except OSError as e:
             raise BakesteerError(f"cannot read {path} ({e.strerror or e}); check the file and the disk, "
                                  "then run the command again.") from None
-        t = raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
-        floating = t.is_floating_point()
-        return t.to(device=self.device, dtype=self.dtype if floating else t.dtype)
+        return out.to(self.device)
+
+    @staticmethod
+    def _fill(f, flat: torch.Tensor, stored: torch.dtype, nbytes: int) -> None:
+        """Read ``nbytes`` of ``stored`` values into ``flat``, converting a chunk at a time (no second full copy)."""
+        if flat.dtype == stored:
+            if f.readinto(flat.view(torch.uint8).numpy()) != nbytes:
+                raise OSError(5, "the file ended early")
+            return
+        size = torch.empty(0, dtype=stored).element_size()
+        buf = torch.empty(min(nbytes, READ_CHUNK), dtype=torch.uint8)
+        pos = 0
+        while pos < nbytes:
+            m = min(READ_CHUNK, nbytes - pos)
+            if f.readinto(buf[:m].numpy()) != m:
+                raise OSError(5, "the file ended early")
+            flat[pos // size:(pos + m) // size] = buf[:m].view(stored)
+            pos += m
 
     def _key(self, name: str) -> str:
         """The stored name of parameter ``name``: as named, without the base prefix, the head under its old
@@ -274,25 +300,37 @@ class Model:
                 for b in s.batches:
                     self._calls(b, use_cache)
 
+    def _watch(self, block: torch.nn.Module, i: int, name: str, layer: int, fn):
+        """A capture on a site of block ``layer`` or, for a name that is no site, on a module inside the block."""
+        from .arch import SITES
+
+        if name in SITES:
+            return watch(*site_at(self.model, name, layer), fn)
+        return watch(block.get_submodule(name), "output", fn)
+
     def run_block(self, block: torch.nn.Module, i: int, h: torch.Tensor, call: tuple, steers: list[Steer],
-                  captures: dict[tuple[str, int], Capture] | None = None, index: int = 0) -> torch.Tensor:
-        """``h`` through resident block ``i`` with ``steers`` hooked and ``captures`` watching."""
+                  captures: dict[tuple[str, int], Capture] | None = None, index: int = 0,
+                  adds: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``h`` through resident block ``i`` with ``steers`` hooked, ``adds`` (linear module -> delta) added to
+        those linears' outputs (what a changed bias does), and ``captures`` watching what the steers leave."""
         args, kwargs = call
-        handles = [watch(*site_at(self.model, site, layer), lambda x, f=fn: f(index, x))
-                   for (site, layer), fn in (captures or {}).items() if layer == i]
-        try:
-            with steering(self.model, steers):
+        with steering(self.model, steers):
+            handles = [add_at(block.get_submodule(m), d) for m, d in (adds or {}).items()]
+            handles += [self._watch(block, i, name, layer, _observer(fn, index))
+                        for (name, layer), fn in (captures or {}).items() if layer == i]
+            try:
                 out = block(h, *args, **kwargs)
-        finally:
-            for hd in handles:
-                hd.remove()
+            finally:
+                for hd in handles:
+                    hd.remove()
         return out[0] if isinstance(out, tuple) else out
 
     def step(self, block: torch.nn.Module, i: int, streams: list[Stream]) -> None:
         """Every batch of ``streams`` through resident block ``i``."""
         for s in streams:
             for k, b in enumerate(s.batches):
-                b.hidden = self.run_block(block, i, b.hidden, b.calls[i], s.steers_at(i), s.captures, k)
+                b.hidden = self.run_block(block, i, b.hidden, b.calls[i], s.steers_at(i), s.captures, k,
+                                          s.adds.get(i))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from the last block's hidden state, with the resident final norm and head (and the family's

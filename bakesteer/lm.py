@@ -90,10 +90,26 @@ def _advance(model: Model, streams: list[Stream], step: int) -> None:
             model.step(block, i, streams)
 
 
+def end_tokens(folder: str | Path) -> list[int]:
+    """The ids that end a generation (generation_config.json, else config.json), which greedy never picks:
+    exactly ``n`` new tokens, as ``generate(min_new_tokens=n)`` gives."""
+    import json
+
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        try:
+            eos = json.loads((Path(folder) / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        ids += [e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int)]
+    return sorted(set(ids))
+
+
 @torch.no_grad()
-def greedy(model: Model, streams: list[Stream], n: int) -> list[list[list[int]]]:
+def greedy(model: Model, streams: list[Stream], n: int, never: list[int] = ()) -> list[list[list[int]]]:
     """``n`` greedy tokens after each single-sequence batch of each stream (steers hooked), one pass over the
-    weights per token with a KV cache per sequence: per stream, per batch, the new token ids."""
+    weights per token with a KV cache per sequence: per stream, per batch, the new token ids. Tokens in
+    ``never`` are not picked (see ``end_tokens``)."""
     from transformers import DynamicCache
 
     for s in streams:
@@ -107,7 +123,9 @@ def greedy(model: Model, streams: list[Stream], n: int) -> list[list[list[int]]]
         with model.part("head"):
             for s, got in zip(streams, out, strict=True):
                 for b, ids in zip(s.batches, got, strict=True):
-                    nxt = int(model.head(b.hidden[:, -1:]).argmax(-1))
+                    logits = model.head(b.hidden[:, -1:])
+                    logits[..., list(never)] = -torch.inf
+                    nxt = int(logits.argmax(-1))
                     ids.append(nxt)
                     b.ids = torch.tensor([[nxt]])
                     b.mask = torch.cat([b.mask, torch.ones(1, 1, dtype=b.mask.dtype)], 1)

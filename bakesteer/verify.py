@@ -23,7 +23,7 @@ import torch
 
 from .errors import BakesteerError
 from .hooks import Steer, steering
-from .lm import GapMeter, Model, Stream, batches, greedy, kl, load_tokenizer, prompts_stream, take_tokens
+from .lm import GapMeter, Model, Stream, batches, end_tokens, greedy, kl, load_tokenizer, prompts_stream, take_tokens
 from .proof import ByteProof, block_of, prove_bytes
 from .recipe import load_record
 
@@ -247,13 +247,16 @@ def _stream(p: _Pass, prompts: list[list[int]], forced: list[list[int]], touched
     return checks, out
 
 
-def _forced_match(baked_logits: list[torch.Tensor], prompts: list[list[int]], gens: list[list[int]]):
+def _forced_match(baked_logits: list[torch.Tensor], prompts: list[list[int]], gens: list[list[int]],
+                  never: list[int]):
     """Whether the bake's argmax, teacher-forced on the hooked greedy sequences, reproduces them token for
     token (then its own greedy decoding gives the same tokens), and its tokens up to the first departure."""
     match, first = True, []
     for k, (lg, gen) in enumerate(zip(baked_logits, gens)):
         n = len(prompts[k])
-        pred = lg[n - 1:n - 1 + len(gen)].argmax(-1).tolist()
+        lg = lg[n - 1:n - 1 + len(gen)].clone()
+        lg[:, list(never)] = -torch.inf
+        pred = lg.argmax(-1).tolist()
         same = pred == gen
         match &= same
         if k == 0:
@@ -273,7 +276,8 @@ def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool,
     prompts = prompt_ids(tok, S.config.vocab_size, random_prompts=random_prompts)
     p = _Pass(S, Model(src, REF[dtype], device), Model(out_dir, dtype, device), steers, len(prompts))
     n_gen = 2 if new_tokens > 0 else 0
-    gens = greedy(S, [prompts_stream(prompts[:n_gen], steers), prompts_stream(prompts[:1])], new_tokens) \
+    never = end_tokens(src)
+    gens = greedy(S, [prompts_stream(prompts[:n_gen], steers), prompts_stream(prompts[:1])], new_tokens, never) \
         if n_gen else [[], [[]]]
     hooked_gen, plain_gen = gens[0], gens[1][0]
     forced = [prompts[k] + g[:-1] for k, g in enumerate(hooked_gen)]
@@ -281,7 +285,7 @@ def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool,
     plain, hooked = out["S"]
     ref, baked_all = out["R"][0], out["B"][0]
     baked, baked_forced = baked_all[:len(prompts)], baked_all[len(prompts):]
-    match, first = _forced_match(baked_forced, prompts, hooked_gen)
+    match, first = _forced_match(baked_forced, prompts, hooked_gen, never)
     report = Report(str(dtype).removeprefix("torch."), _max(zip(baked, hooked)), _max(zip(baked, ref)),
                     _max(zip(hooked, ref)), _max(zip(hooked, plain)),
                     sum(kl(h, b) for h, b in zip(hooked, baked)) / len(prompts),

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bakesteer.approx import HELDOUT_TOKENS, batches, encode, fit, read_calib
+from bakesteer.approx import HELDOUT_TOKENS, fit, read_calib
+from bakesteer.lm import Model, load_tokenizer, take_tokens
 from bakesteer.models import ensure_default_model
 from bakesteer.steer import Steer
 from bakesteer.vectors import load_vector_file
@@ -49,16 +49,17 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     d = ensure_default_model(quiet=True)
-    tok = AutoTokenizer.from_pretrained(d)
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    tok = load_tokenizer(d)
+    model = Model(d, torch.float32)  # block streaming: the fit holds only the blocks it replays
     vf = load_vector_file("bakesteer/data/love.svec")
     calib = read_calib(None)
-    held = batches(encode(tok, calib.heldout, HELDOUT_TOKENS), 16, "cpu")
-    print("# bench_approx: SmolLM2-135M-Instruct fp32, MLP bias slots declared unavailable; Love-Hate resid vector"
+    held = take_tokens(tok, calib.heldout, HELDOUT_TOKENS)
+    print("# bench_approx: SmolLM2-135M-Instruct fp32 (block-streaming engine), MLP bias slots declared unavailable; "
+          "Love-Hate resid vector"
           + (" as unit directions" if a.unit else " (the bundled mean differences)"))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
           f"{torch.__version__}; built-in calibration text: {len(calib.fit)} passages to fit ({a.tokens} tokens), "
-          f"{len(calib.heldout)} held out ({sum(int(m.sum()) for _, m in held)} tokens); {a.steps} Adam steps")
+          f"{len(calib.heldout)} held out ({sum(map(len, held))} tokens); {a.steps} Adam steps")
     print(f"{'layer':>5} {'coef':>5} {'steering KL':>11} {'closed form':>11} {'fitted':>8} {'kept':>11} "
           f"{'top-1 closed':>12} {'top-1 kept':>10} {'fit s':>6}")
     rows = []
