@@ -124,7 +124,7 @@ def greedy(model: Model, streams: list[Stream], n: int, never: list[int] = ()) -
             for s, got in zip(streams, out, strict=True):
                 for b, ids in zip(s.batches, got, strict=True):
                     logits = model.head(b.hidden[:, -1:])
-                    logits[..., list(never)] = -torch.inf
+                    logits[..., [t for t in never if 0 <= t < logits.shape[-1]]] = -torch.inf  # ids past the vocab
                     nxt = int(logits.argmax(-1))
                     ids.append(nxt)
                     b.ids = torch.tensor([[nxt]])
