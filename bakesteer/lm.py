@@ -105,6 +105,12 @@ def end_tokens(folder: str | Path) -> list[int]:
     return sorted(set(ids))
 
 
+def forbid(logits: torch.Tensor, ids: list[int]) -> None:
+    """Make ``ids`` unpickable in ``logits`` (..., V), in place; ids past the vocabulary are ignored (a tiny
+    model's config may name the eos of its full-size family)."""
+    logits[..., [t for t in ids if 0 <= t < logits.shape[-1]]] = -torch.inf
+
+
 @torch.no_grad()
 def greedy(model: Model, streams: list[Stream], n: int, never: list[int] = ()) -> list[list[list[int]]]:
     """``n`` greedy tokens after each single-sequence batch of each stream (steers hooked), one pass over the
@@ -124,7 +130,7 @@ def greedy(model: Model, streams: list[Stream], n: int, never: list[int] = ()) -
             for s, got in zip(streams, out, strict=True):
                 for b, ids in zip(s.batches, got, strict=True):
                     logits = model.head(b.hidden[:, -1:])
-                    logits[..., [t for t in never if 0 <= t < logits.shape[-1]]] = -torch.inf  # ids past the vocab
+                    forbid(logits, never)
                     nxt = int(logits.argmax(-1))
                     ids.append(nxt)
                     b.ids = torch.tensor([[nxt]])

@@ -23,7 +23,7 @@ import torch
 
 from .errors import BakesteerError
 from .hooks import Steer, steering
-from .lm import GapMeter, Model, Stream, batches, end_tokens, greedy, kl, load_tokenizer, prompts_stream, take_tokens
+from .lm import GapMeter, Model, Stream, batches, end_tokens, forbid, greedy, kl, load_tokenizer, prompts_stream, take_tokens
 from .proof import ByteProof, block_of, prove_bytes
 from .recipe import load_record
 
@@ -255,7 +255,7 @@ def _forced_match(baked_logits: list[torch.Tensor], prompts: list[list[int]], ge
     for k, (lg, gen) in enumerate(zip(baked_logits, gens)):
         n = len(prompts[k])
         lg = lg[n - 1:n - 1 + len(gen)].clone()
-        lg[:, list(never)] = -torch.inf
+        forbid(lg, never)
         pred = lg.argmax(-1).tolist()
         same = pred == gen
         match &= same
