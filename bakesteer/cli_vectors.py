@@ -63,6 +63,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
     from .extract import Prompting, cli_pairs, extract, load_model, load_pairs
     from .arch import check_site
     from .vectors import check_expressible, format_for, write_vectors
+    from .vectors.files import check_vector_output
 
     if a.pairs and (a.pos or a.neg):
         raise BakesteerError("give pairs either with --pairs or with --pos/--neg, not both.")
@@ -70,9 +71,11 @@ def cmd_extract(a: argparse.Namespace) -> int:
     if not pairs:
         raise BakesteerError("no pairs given; pass --pairs FILE or --pos TEXT --neg TEXT.")
     targets = [(Path(a.output), format_for(a.output))] + ([(Path(a.ibm), "ibm")] if a.ibm else [])
+    if a.ibm and Path(a.ibm).resolve() == Path(a.output).resolve():
+        raise BakesteerError("--ibm names the same file as -o; give it another name.")
+    inputs = [a.pairs] if a.pairs else []
     for p, _ in targets:  # refuse before the slow part
-        if p.exists() and not a.force:
-            raise BakesteerError(f"{p} already exists; pass --force to replace it.")
+        check_vector_output(p, a.force, inputs)
     prompting = Prompting(a.template, a.suffix, a.chat)
     prompting.check()
     check_site(a.site)  # all refused before the model loads
@@ -97,7 +100,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
              "unit_length": res.method != "mean_diff"}
     for p, fmt, keep in plans:
         blocks = {b: v for b, v in res.vectors.items() if b in keep}
-        write_vectors(p, fmt, res.site, blocks, identity, res.explained, a.coef, method, extra, a.force)
+        write_vectors(p, fmt, res.site, blocks, identity, res.explained, a.coef, method, extra, a.force, inputs)
     norms = [float((v ** 2).sum() ** 0.5) for v in res.vectors.values()]
     print(f"extracted {res.site} vectors at {len(res.vectors)} block(s) from {res.n_pairs} pair(s) "
           f"({method}); |v| {min(norms):.3g} to {max(norms):.3g}")
@@ -125,7 +128,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
     meta = vf.meta if vf.format == "bakesteer" else {}
     extra = {k: meta[k] for k in ("pairs", "aggregation", "prompting", "unit_length") if k in meta}
     extra["converted_from"] = {"file": str(vf.path), "format": vf.format, "sha256": vf.sha256}
-    out = write_vectors(a.output, fmt, site, blocks, model, explained, vf.coef, meta.get("method"), extra, a.force)
+    out = write_vectors(a.output, fmt, site, blocks, model, explained, vf.coef, meta.get("method"), extra, a.force,
+                        [vf.path])
     keys = ", ".join(f"{k}->{_key(fmt, b)}" for k, b in zip(_keys(vf, blocks), blocks))
     print(f"{vf.path} ({vf.format}) -> {out} ({fmt}): {site}, {len(blocks)} vector(s); file keys {keys}")
     return 0

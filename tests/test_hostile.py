@@ -143,6 +143,25 @@ def test_force_replaces_only_a_bakesteer_output_or_an_empty_folder(world, capsys
     assert not [p for p in world.iterdir() if ".bakesteer-" in p.name]
 
 
+def test_a_vector_file_output_follows_the_path_policy(world, capsys):
+    """convert/extract outputs: never the input, a symlink or a folder; --force replaces only a vector file."""
+    svec = world / "love.svec"
+    assert main(["convert", str(world / "v.npy"), str(svec), "--site", "resid", "--layers", "1"]) == 0
+    (world / "notes.txt").write_text("years of work")
+    (world / "link.svec").symlink_to(world / "notes.txt")
+    refused(capsys, ["convert", str(svec), str(svec), "--force"], "is the input", world)
+    refused(capsys, ["convert", str(svec), str(world / "notes.txt"), "--to", "bakesteer", "--force"],
+            "not a file bakesteer wrote", world)
+    refused(capsys, ["convert", str(svec), str(world / "link.svec"), "--force"], "is a symlink", world)
+    (world / "dir.svec").mkdir()
+    refused(capsys, ["convert", str(svec), str(world / "dir.svec"), "--force"], "not a file bakesteer wrote", world)
+    refused(capsys, ["extract", "--model", str(world), "--pos", "a", "--neg", "b", "-o", str(world / "x.svec"),
+                     "--ibm", str(world / "x.svec")], "same file", world)
+    assert main(["convert", str(svec), str(world / "again.svec")]) == 0
+    assert main(["convert", str(world / "v.npy"), str(world / "again.svec"), "--site", "resid", "--layers", "1",
+                 "--force"]) == 0
+
+
 # ---- quietly wrong numbers ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype,vector,coef,match", [

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from ..arch import SITES, find_arch, steering_vectors_misses
 from ..errors import BakesteerError
+from ..paths import check_output, check_replaceable
 from .control import read as read_control, write as write_control
 from .raw import read as read_raw
 from .sv import SITE_SV, write as write_sv
@@ -107,18 +109,35 @@ def check_expressible(fmt: str, site: str, blocks: dict, model: dict) -> None:
                              "name; keep this vector in a bakesteer .svec.")
 
 
+def _is_vector_file(path: Path) -> bool:
+    try:
+        load_vector_file(path)
+        return True
+    except BakesteerError:
+        return False
+
+
+def check_vector_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> None:
+    """The path policy for a vector file: never an input, a folder, a symlink or the working folder; an existing
+    file is replaced only with ``force`` and only when it is a vector file."""
+    path = Path(path)
+    check_output(path, inputs)
+    check_replaceable(path, force, _is_vector_file, kind="file")
+    if not path.parent.is_dir():
+        raise BakesteerError(f"folder {path.parent} does not exist; create it first.")
+
+
 def write_vectors(path: str | Path, fmt: str, site: str, blocks: dict[int, np.ndarray], model: dict | None = None,
                   explained: dict[int, float] | None = None, coef: float | None = None, method: str | None = None,
-                  extra: dict | None = None, force: bool = False) -> Path:
-    """Write (site, block -> vector) as ``fmt``; refuses what the format cannot express. Returns the path."""
-    assert site in SITES, site
+                  extra: dict | None = None, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write (site, block -> vector) as ``fmt``; refuses what the format cannot express, and an output that the
+    path policy refuses (``inputs``: the files it was made from). Returns the path."""
+    if site not in SITES:
+        raise BakesteerError(f"unknown site {site!r}; use one of {', '.join(SITES)}.")
     path, model = Path(path), dict(model or {})
     if not blocks:
         raise BakesteerError("no vectors to write; check --layers.")
-    if path.exists() and not force:
-        raise BakesteerError(f"{path} already exists; pass --force to replace it.")
-    if not path.parent.is_dir():
-        raise BakesteerError(f"folder {path.parent} does not exist; create it first.")
+    check_vector_output(path, force, inputs)
     check_expressible(fmt, site, blocks, model)
     f32 = {b: np.asarray(v, dtype=np.float64).astype(np.float32) for b, v in sorted(blocks.items())}
     explained = explained or {}
