@@ -88,6 +88,49 @@ def llamacpp() -> str:
     return "\n" + "\n".join(rows) + "\n"
 
 
+def _num(x: str) -> str:
+    """A KL figure as the README prints it: two decimals, exact zero as 0."""
+    return "0" if float(x) == 0 else f"{float(x):.2f}"
+
+
+def positions() -> str:
+    """The wedding position experiment: KL per form at each coefficient (scripts/wedding.py --positions-only)."""
+    text = (RESULTS / "wedding" / "positions.md").read_text()
+    blocks = re.findall(r"coefficient ([\d.]+), resid;.*?\n\n((?:\|[^\n]*\n)+)", text, re.S)
+    coefs = [c for c, _ in blocks]
+    rows: dict[str, list[str]] = {}
+    for _, table in blocks:
+        for line in table.splitlines()[2:]:
+            form, a, b = (c.strip() for c in line.strip("|").split("|"))
+            rows.setdefault(form, []).extend([_num(a), _num(b)])
+    head = " | ".join(f"coef {c}: KL(source ‖ form) | KL(ActAdd ‖ form)" for c in coefs)
+    lines = [f"| form | {head} |", "|---" + "|---:" * 2 * len(coefs) + "|"]
+    lines += [f"| {form} | " + " | ".join(vals) + " |" for form, vals in rows.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if lo == hi else f"{format(lo, fmt)}–{format(hi, fmt)}"
+
+
+def bench_bake() -> str:
+    """Bake vs cp -r vs naive load+save on synthetic checkpoints (scripts/bench_bake.py)."""
+    text = (RESULTS / "bench_bake.txt").read_text()
+    lines = ["| checkpoint | cp -r | bake copy | bake --link | naive | bake peak RSS | naive peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for size, shards, table in re.findall(r"^## ([\d.]+ GB), (\d+) shards.*?\n((?:\|[^\n]*\n)+)", text, re.M | re.S):
+        rows = {c[0]: c[1:] for c in ([x.strip() for x in r.strip("|").split("|")] for r in table.splitlines()[2:])}
+        ours = {k: v for k, v in rows.items() if k.startswith("bakesteer")}
+        copy = [float(v[1]) for k, v in ours.items() if "(copy)" in k]
+        link = [float(v[1]) for k, v in ours.items() if "(--link)" in k]
+        rss = [float(v[2]) for v in ours.values()]
+        naive = rows["naive load+save"]
+        lines.append(f"| {size}, {shards} shards | {rows['cp -r'][0]} s | {_span(copy, '.2f')}× | "
+                     f"{_span(link, '.2f')}× | {naive[1]}× | {_span(rss, '.0f')} MB | {naive[2]} MB |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def _has_group(family: str, group: str) -> bool:
     arch = ARCHS[family]
     return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
@@ -122,7 +165,7 @@ def headline() -> str:
 GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-rounding": fp32_rounding,
                                             "bench-extract": bench_extract, "test-time": test_time,
                                             "portability": portability, "headline": headline,
-                                            "llamacpp": llamacpp}
+                                            "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake}
 
 
 def render(text: str) -> str:

@@ -10,7 +10,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import readme_tables  # noqa: E402
 
 README = (ROOT / "README.md").read_text()
-NAMES = ("equivalence", "fp32-rounding", "bench-extract", "test-time", "portability", "headline")
+NAMES = ("equivalence", "fp32-rounding", "bench-extract", "test-time", "portability", "headline", "llamacpp",
+         "positions", "bench-bake")
 
 
 def test_every_region_is_in_the_readme_and_matches_its_results():
