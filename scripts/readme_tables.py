@@ -131,6 +131,33 @@ def bench_bake() -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def bench_approx() -> str:
+    """Approximate bakes on SmolLM2 with its MLP slots declared unavailable (scripts/bench_approx.py)."""
+    text = (RESULTS / "bench_approx.txt").read_text()
+    lines = ["| block L | coef | steering KL (nats/token) | closed form | fitted (kept) | top-1: closed → kept "
+             "| fit s |", "|---|---|---|---|---|---|---|"]
+    for m in re.finditer(r"^\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+%)\s+\S+%\s+(\S+%) \(\w+\)\s+(\S+%)\s+(\S+%)\s+(\S+)$",
+                         text, re.M):
+        layer, coef, kl, closed, kept, t1, t2, secs = m.groups()
+        lines.append(f"| {layer} | {coef} | {kl} | {closed} | {kept} | {t1} → {t2} | {secs} |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def inference() -> str:
+    """Paired decode steps, × source (scripts/bench_inference.py; the first paired table of the file)."""
+    text = (RESULTS / "bench_inference.txt").read_text()
+    table = re.search(r"Paired decode steps.*?\n\n((?:\|[^\n]*\n)+)", text, re.S).group(1)
+    lines = ["| row | batch 1 | batch 8 | same tokens as baked |", "|---|---|---|---|"]
+    for row in table.splitlines()[2:]:
+        c = [x.strip() for x in row.strip("|").split("|")]
+        if c[0] == "source":
+            continue
+        same = "yes" if c[7] == "b1 yes, b8 yes" else c[7]
+        b1, b8 = (f"{float(c[i]):.3f} ({'–'.join(f'{float(x):.3f}' for x in c[i + 1].split('–'))})" for i in (2, 5))
+        lines.append(f"| {c[0]} | {b1} | {b8} | {same} |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def _has_group(family: str, group: str) -> bool:
     arch = ARCHS[family]
     return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
@@ -165,7 +192,8 @@ def headline() -> str:
 GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-rounding": fp32_rounding,
                                             "bench-extract": bench_extract, "test-time": test_time,
                                             "portability": portability, "headline": headline,
-                                            "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake}
+                                            "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake,
+                                            "bench-approx": bench_approx, "inference": inference}
 
 
 def render(text: str) -> str:
