@@ -51,8 +51,12 @@ def bench_extract() -> str:
 
 
 def test_time() -> str:
-    m = re.search(r"ci wall time: (\d+) s \(tests: (\d+) s\)", (RESULTS / "ci_wall_time.txt").read_text())
-    return f"{round(int(m.group(2)) / 60)} minutes"
+    """The wall time of the last recorded `.ci/run` (its last line, kept in scripts/results/ci_wall_time.txt)."""
+    path = RESULTS / "ci_wall_time.txt"
+    if not path.is_file():
+        return "none recorded yet"
+    m = re.search(r"ci wall time: (\d+) s \(tests: (\d+) s\)", path.read_text())
+    return f"{round(int(m.group(1)) / 60)} minutes in all, {round(int(m.group(2)) / 60)} of them the tests"
 
 
 def _short(x: float) -> str:
@@ -82,6 +86,76 @@ def llamacpp() -> str:
                 f"{_short(float(right))} (same bias in unpermuted q/k order: {float(wrong):.1f}) | "
                 f"{conv['attn_in'][1]:.1f} | |")
     return "\n" + "\n".join(rows) + "\n"
+
+
+def _num(x: str) -> str:
+    """A KL figure as the README prints it: two decimals, exact zero as 0."""
+    return "0" if float(x) == 0 else f"{float(x):.2f}"
+
+
+def positions() -> str:
+    """The wedding position experiment: KL per form at each coefficient (scripts/wedding.py --positions-only)."""
+    text = (RESULTS / "wedding" / "positions.md").read_text()
+    blocks = re.findall(r"coefficient ([\d.]+), resid;.*?\n\n((?:\|[^\n]*\n)+)", text, re.S)
+    coefs = [c for c, _ in blocks]
+    rows: dict[str, list[str]] = {}
+    for _, table in blocks:
+        for line in table.splitlines()[2:]:
+            form, a, b = (c.strip() for c in line.strip("|").split("|"))
+            rows.setdefault(form, []).extend([_num(a), _num(b)])
+    head = " | ".join(f"coef {c}: KL(source ‖ form) | KL(ActAdd ‖ form)" for c in coefs)
+    lines = [f"| form | {head} |", "|---" + "|---:" * 2 * len(coefs) + "|"]
+    lines += [f"| {form} | " + " | ".join(vals) + " |" for form, vals in rows.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if lo == hi else f"{format(lo, fmt)}–{format(hi, fmt)}"
+
+
+def bench_bake() -> str:
+    """Bake vs cp -r vs naive load+save on synthetic checkpoints (scripts/bench_bake.py)."""
+    text = (RESULTS / "bench_bake.txt").read_text()
+    lines = ["| checkpoint | cp -r | bake copy | bake --link | naive | bake peak RSS | naive peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for size, shards, table in re.findall(r"^## ([\d.]+ GB), (\d+) shards.*?\n((?:\|[^\n]*\n)+)", text, re.M | re.S):
+        rows = {c[0]: c[1:] for c in ([x.strip() for x in r.strip("|").split("|")] for r in table.splitlines()[2:])}
+        ours = {k: v for k, v in rows.items() if k.startswith("bakesteer")}
+        copy = [float(v[1]) for k, v in ours.items() if "(copy)" in k]
+        link = [float(v[1]) for k, v in ours.items() if "(--link)" in k]
+        rss = [float(v[2]) for v in ours.values()]
+        naive = rows["naive load+save"]
+        lines.append(f"| {size}, {shards} shards | {rows['cp -r'][0]} s | {_span(copy, '.2f')}× | "
+                     f"{_span(link, '.2f')}× | {naive[1]}× | {_span(rss, '.0f')} MB | {naive[2]} MB |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def bench_approx() -> str:
+    """Approximate bakes on SmolLM2 with its MLP slots declared unavailable (scripts/bench_approx.py)."""
+    text = (RESULTS / "bench_approx.txt").read_text()
+    lines = ["| block L | coef | steering KL (nats/token) | closed form | fitted (kept) | top-1: closed → kept "
+             "| fit s |", "|---|---|---|---|---|---|---|"]
+    for m in re.finditer(r"^\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+%)\s+\S+%\s+(\S+%) \(\w+\)\s+(\S+%)\s+(\S+%)\s+(\S+)$",
+                         text, re.M):
+        layer, coef, kl, closed, kept, t1, t2, secs = m.groups()
+        lines.append(f"| {layer} | {coef} | {kl} | {closed} | {kept} | {t1} → {t2} | {secs} |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def inference() -> str:
+    """Paired decode steps, × source (scripts/bench_inference.py; the first paired table of the file)."""
+    text = (RESULTS / "bench_inference.txt").read_text()
+    table = re.search(r"Paired decode steps.*?\n\n((?:\|[^\n]*\n)+)", text, re.S).group(1)
+    lines = ["| row | batch 1 | batch 8 | same tokens as baked |", "|---|---|---|---|"]
+    for row in table.splitlines()[2:]:
+        c = [x.strip() for x in row.strip("|").split("|")]
+        if c[0] == "source":
+            continue
+        same = "yes" if c[7] == "b1 yes, b8 yes" else c[7]
+        b1, b8 = (f"{float(c[i]):.3f} ({'–'.join(f'{float(x):.3f}' for x in c[i + 1].split('–'))})" for i in (2, 5))
+        lines.append(f"| {c[0]} | {b1} | {b8} | {same} |")
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _has_group(family: str, group: str) -> bool:
@@ -118,7 +192,8 @@ def headline() -> str:
 GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-rounding": fp32_rounding,
                                             "bench-extract": bench_extract, "test-time": test_time,
                                             "portability": portability, "headline": headline,
-                                            "llamacpp": llamacpp}
+                                            "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake,
+                                            "bench-approx": bench_approx, "inference": inference}
 
 
 def render(text: str) -> str:
