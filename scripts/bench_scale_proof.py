@@ -6,7 +6,7 @@ vocabulary) and more blocks as it grows, with random weights written straight in
 torch model of that size is ever built). Per size and family:
 
     bake       Llama: resid at the middle block; Qwen3: attn_in (exact) at the middle block
-    verify     of that bake (bytes, touched blocks, end to end; 8 greedy tokens per prompt)
+    verify     of that bake (bytes, touched blocks, end to end; --new-tokens greedy tokens per prompt)
     approx     Qwen3 only: resid at the middle block with --approx (10 Adam steps on 128 tokens)
     extract    64 contrast pairs, resid at the middle block
 
@@ -177,7 +177,7 @@ def verdict(log: Path) -> str:
     return "PASS" if "\nPASS  baked vs hooked" in text else "FAIL"
 
 
-def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path) -> dict:
+def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path, new_tokens: int) -> dict:
     n = layers_for(family, gb)
     src = work / f"{family}-{gb:g}gb"
     shutil.rmtree(src, ignore_errors=True)
@@ -197,7 +197,7 @@ def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path) -> dict:
     out = work / "baked"
     row["bake"] = run(cli + ["bake", "--model", str(src), "--vector", str(vec), "--layer", str(mid), "--site", site,
                              "--coef", "1", "-o", str(out), "--force", "-q"], log)
-    row["verify"] = run(cli + ["verify", str(out), "-q", "--new-tokens", "8"], log)
+    row["verify"] = run(cli + ["verify", str(out), "-q", "--new-tokens", str(new_tokens)], log)
     row["verify"]["verdict"] = verdict(log)
     shutil.rmtree(out, ignore_errors=True)
     if family == "qwen3":
@@ -252,6 +252,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,2,4,8", help="checkpoint sizes in GB")
     ap.add_argument("--families", default="llama,qwen3")
     ap.add_argument("--work", default="/tmp/bench_scale_proof", help="scratch folder (deleted per size)")
+    ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per prompt in verify (default 8)")
     ap.add_argument("--render", action="store_true", help="re-render the table and README from the results file")
     ap.add_argument("--write", nargs=5, metavar=("DIR", "FAMILY", "LAYERS", "TOKENIZER", "VECTOR"),
                     help=argparse.SUPPRESS)  # the checkpoint writer, run as a child process
@@ -273,10 +274,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     doc = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-           "command": " ".join(sys.argv), "rows": []}
+           "command": " ".join(sys.argv), "new_tokens": a.new_tokens, "rows": []}
     for gb in [float(x) for x in a.sizes.split(",")]:
         for family in a.families.split(","):
-            row = one(family, gb, work, default_model_dir(), log)
+            row = one(family, gb, work, default_model_dir(), log, a.new_tokens)
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)
             write_outputs(doc)
