@@ -50,7 +50,8 @@ def main() -> None:
     vf = load_vector_file("bakesteer/data/love.svec")
     calib = read_calib(None)
     held = take_tokens(tok, calib.heldout, HELDOUT_TOKENS)
-    print(f"# bench_approx: SmolLM2-135M-Instruct fp32 (block-streaming engine), MLP bias slots declared unavailable; Love-Hate resid vector"
+    print("# bench_approx: SmolLM2-135M-Instruct fp32 (block-streaming engine), MLP bias slots declared unavailable; "
+          "Love-Hate resid vector"
           + (" as unit directions" if a.unit else " (the bundled mean differences)"))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
           f"{torch.__version__}; built-in calibration text: {len(calib.fit)} passages to fit ({a.tokens} tokens), "
