@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--top-p", type=float, default=0.9)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); one block resident either way")
     c.add_argument("-o", "--output", help="write OUTPUT.json and OUTPUT.md")
     c.set_defaults(func=cmd_compare)
 
@@ -129,7 +130,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise BakesteerError("-n and --new-tokens must be at least 1.")
     prompts = list(a.prompt or []) + (read_lines(a.prompts, "prompt file") if a.prompts else [])
     prompts = prompts or read_lines("prompts.txt", "prompt file")
-    source, tok, baked, vecs, site, coefs = _load(a, many=False)
+    source, tok, baked, vecs, site, coefs = _load(a, many=False, streamed=True)
     variants = [Variant("source", source)]
     if baked is not None:
         variants.append(Variant(f"baked {Path(a.baked).name}", baked))
