@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--families", default="llama,qwen3")
     ap.add_argument("--work", default="/tmp/bench_scale_proof", help="scratch folder (deleted per size)")
     ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per prompt in verify (default 8)")
+    ap.add_argument("--append", action="store_true", help="add rows to the existing results file")
     ap.add_argument("--render", action="store_true", help="re-render the table and README from the results file")
     ap.add_argument("--write", nargs=5, metavar=("DIR", "FAMILY", "LAYERS", "TOKENIZER", "VECTOR"),
                     help=argparse.SUPPRESS)  # the checkpoint writer, run as a child process
@@ -276,6 +277,9 @@ def main() -> None:
     log = work / "commands.log"
     doc = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
            "command": " ".join(sys.argv), "new_tokens": a.new_tokens, "rows": []}
+    if a.append and RESULTS.is_file():
+        old = json.loads(RESULTS.read_text())
+        doc["rows"], doc["command"] = old["rows"], old["command"] + " && " + doc["command"]
     for gb in [float(x) for x in a.sizes.split(",")]:
         for family in a.families.split(","):
             row = one(family, gb, work, default_model_dir(), log, a.new_tokens)
