@@ -41,6 +41,7 @@ HEAD_DIM = HIDDEN // HEADS
 SHARD = 1 << 30  # bytes per shard (about)
 SHARED = 10.0  # every embedding row carries SHARED * u; the head reads u as a strong vote for token 0
 ROWS = 4096  # rows written at a time
+VOTE = float(os.environ.get("BENCH_VOTE", "1.0"))  # the head's row 0 gets VOTE * u
 OUT_STD = 0.0005  # o and down projections: each block adds a small update to the residual, as trained models do
 
 
@@ -78,7 +79,7 @@ def _write_tensor(f, name: str, shape: tuple[int, ...], std: float, seed: int) -
         if name == "model.embed_tokens.weight":
             part += SHARED * u
         if name == "lm_head.weight" and r == 0:
-            part[0] += 0.5 * u
+            part[0] += VOTE * u
         f.write(bf16(part).tobytes())
 
 
@@ -177,13 +178,14 @@ def verdict(log: Path) -> str:
     return "PASS" if "\nPASS  baked vs hooked" in text else "FAIL"
 
 
-def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path, new_tokens: int) -> dict:
+def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path, new_tokens: int, vote: float) -> dict:
     n = layers_for(family, gb)
     src = work / f"{family}-{gb:g}gb"
     shutil.rmtree(src, ignore_errors=True)
     vec = work / "v.npy"
     made = subprocess.run([sys.executable, __file__, "--write", str(src), family, str(n), str(tokenizer), str(vec)],
-                          check=True, capture_output=True, text=True)  # a child, so this parent stays lean
+                          check=True, capture_output=True, text=True, env={**os.environ, "BENCH_VOTE": str(vote)})
+    # (the checkpoint is written by a child, so this parent stays lean)
     size = int(made.stdout.split()[-1])
     mid = n // 2
     pairs = work / "pairs.jsonl"
@@ -191,7 +193,8 @@ def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path, new_toke
     pairs.write_text("".join(json.dumps({"positive": f"I love {t} ({k})", "negative": f"I hate {t} ({k})"}) + "\n"
                              for k in range(8) for t in things))
     cli = [sys.executable, "-m", "bakesteer"]
-    row = {"family": family, "gb": round(size / 1e9, 2), "layers": n, "block_mb": round(block_bytes(family) / 1e6, 1),
+    row = {"family": family, "vote": vote, "gb": round(size / 1e9, 2), "layers": n,
+           "block_mb": round(block_bytes(family) / 1e6, 1),
            "largest_part_mb": round(max(block_bytes(family), 2 * VOCAB * HIDDEN) / 1e6, 1), "cat_s": cat_seconds(src)}
     site = "resid" if family == "llama" else "attn_out"
     out = work / "baked"
@@ -255,6 +258,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_scale_proof", help="scratch folder (deleted per size)")
     ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per prompt in verify (default 8)")
     ap.add_argument("--append", action="store_true", help="add rows to the existing results file")
+    ap.add_argument("--vote", type=float, default=1.0, help="size of the head's row-0 vote for the shared direction")
     ap.add_argument("--render", action="store_true", help="re-render the table and README from the results file")
     ap.add_argument("--write", nargs=5, metavar=("DIR", "FAMILY", "LAYERS", "TOKENIZER", "VECTOR"),
                     help=argparse.SUPPRESS)  # the checkpoint writer, run as a child process
@@ -282,7 +286,7 @@ def main() -> None:
         doc["rows"], doc["command"] = old["rows"], old["command"] + " && " + doc["command"]
     for gb in [float(x) for x in a.sizes.split(",")]:
         for family in a.families.split(","):
-            row = one(family, gb, work, default_model_dir(), log, a.new_tokens)
+            row = one(family, gb, work, default_model_dir(), log, a.new_tokens, a.vote)
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)
             write_outputs(doc)
