@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--top-p", type=float, default=0.9)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); one block resident either way")
     c.add_argument("-o", "--output", help="write OUTPUT.json and OUTPUT.md")
     c.set_defaults(func=cmd_compare)
 
@@ -60,12 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-sentences", type=int, default=20, help="first N sentences of each set (default 20)")
     e.add_argument("--max-prompts", type=int, default=10, help="first N prompts (default 10)")
     e.add_argument("--plot-layers", help="layers drawn in the by-coefficient plot (default: up to 6 swept ones)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); one block resident either way")
     e.add_argument("-o", "--output", default="eval_out", help="folder for eval.json and the PNGs (default eval_out)")
     e.set_defaults(func=cmd_eval)
 
 
-def _load(a: argparse.Namespace, many: bool):
-    """(source model, tokenizer, baked model or None, hooked {block: vector}, site, coefs)."""
+def _load(a: argparse.Namespace, many: bool, streamed: bool = False):
+    """(source model, tokenizer, baked model or None, hooked {block: vector}, site, coefs); ``streamed``: the
+    models are block-streaming ``engine.Model``s (one block resident), else loaded in memory."""
     from .vectors import load_vector_file, pick
 
     if a.baked is None and a.vector is None:
@@ -96,7 +99,7 @@ def _load(a: argparse.Namespace, many: bool):
     if not (Path(src_dir) / "config.json").is_file():
         raise BakesteerError(f"the source model {src_dir} is gone; pass --model.")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     n_layers = AutoConfig.from_pretrained(src_dir).num_hidden_layers
@@ -105,11 +108,13 @@ def _load(a: argparse.Namespace, many: bool):
             raise BakesteerError(f"layer {block} is out of range; the model has blocks 0-{n_layers - 1}.")
     if a.quiet:
         hf_logging.disable_progress_bar()
-    try:
-        tok = AutoTokenizer.from_pretrained(a.baked or src_dir)
-    except Exception:
-        raise BakesteerError(f"{a.baked or src_dir} has no tokenizer; these commands need one to read text.")
-    load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()  # noqa: E731
+    from .lm import Model, load_tokenizer
+
+    tok = load_tokenizer(a.baked or src_dir, "these commands need one to read text")
+    if streamed:
+        load = lambda p: Model(p, torch.float32, getattr(a, "device", "cpu"))  # noqa: E731
+    else:
+        load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()  # noqa: E731
     source = load(src_dir)
     baked = load(a.baked) if a.baked else None
     return source, tok, baked, vecs, site, coefs
@@ -125,7 +130,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise BakesteerError("-n and --new-tokens must be at least 1.")
     prompts = list(a.prompt or []) + (read_lines(a.prompts, "prompt file") if a.prompts else [])
     prompts = prompts or read_lines("prompts.txt", "prompt file")
-    source, tok, baked, vecs, site, coefs = _load(a, many=False)
+    source, tok, baked, vecs, site, coefs = _load(a, many=False, streamed=True)
     variants = [Variant("source", source)]
     if baked is not None:
         variants.append(Variant(f"baked {Path(a.baked).name}", baked))
@@ -160,13 +165,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
              if path}
     prompts = ev.read_lines(a.prompts, "prompt file")[:a.max_prompts] if a.max_prompts else []
     plot_layers = parse_layers(a.plot_layers) if a.plot_layers else None
-    source, tok, baked, vecs, site, coefs = _load(a, many=True)
+    source, tok, baked, vecs, site, coefs = _load(a, many=True, streamed=True)
     ctx = ev.context_length(source)
     sets = {k: ev.encode(tok, v, ctx, f"the {k} set") for k, v in texts.items()}
     prompt_ids = ev.encode(tok, prompts, ctx, "the prompt file")
     decode = lambda i: tok.decode([i])  # noqa: E731
     base = ev.measure(source, sets, prompt_ids)
-    result: dict = {"source": str(source.name_or_path), "sets": {k: len(v) for k, v in sets.items()},
+    result: dict = {"source": str(source.folder), "sets": {k: len(v) for k, v in sets.items()},
                     "prompts": len(prompt_ids), "source_perplexity": base.perplexity(),
                     "source_sentence_perplexity": {k: ev.sentence_perplexities(v) for k, v in base.nlls.items()}}
     if baked is not None:

@@ -9,20 +9,36 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .engine import Model, Stream
 from .hooks import Steer, steering
 
 
 @dataclass
 class Variant:
     name: str
-    model: torch.nn.Module
+    model: torch.nn.Module | Model  # a loaded model or a block-streaming engine.Model
     steers: list[Steer] = field(default_factory=list)
+
+
+def _complete_streamed(v: Variant, ids: list[int], n: int, new_tokens: int, greedy: bool, temperature: float,
+                       top_p: float, seed: int, eos: int | None) -> list[list[int]]:
+    """``complete`` on a block-streaming ``engine.Model``: one pass over the weights per new token."""
+    from .lm import argmax, batch_of, decode, sampler
+
+    pick = argmax if greedy else sampler(temperature, top_p, torch.Generator().manual_seed(seed))
+    rows = decode(v.model, [Stream([batch_of([ids]) for _ in range(1 if greedy else n)], list(v.steers))],
+                  new_tokens, pick=pick, stop=eos)[0]
+    rows = [r[:r.index(eos)] if eos is not None and eos in r else r for r in rows]
+    return rows * n if greedy else rows
 
 
 @torch.inference_mode()
 def complete(v: Variant, ids: list[int], n: int, new_tokens: int, greedy: bool, temperature: float, top_p: float,
              seed: int, eos: int | None) -> list[list[int]]:
-    """``n`` continuations of one prompt (greedy: one, repeated), as new token ids; seeded per prompt."""
+    """``n`` continuations of one prompt (greedy: one, repeated), as new token ids; seeded per prompt. A
+    block-streaming ``engine.Model`` decodes with a KV cache, one block resident."""
+    if isinstance(v.model, Model):
+        return _complete_streamed(v, ids, n, new_tokens, greedy, temperature, top_p, seed, eos)
     torch.manual_seed(seed)
     dev = next(v.model.parameters()).device
     x = torch.tensor([ids] * (1 if greedy else n), device=dev)

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from .engine import Model, Stream, batches
 from .errors import BakesteerError
 from .hooks import Steer, steering
 from .progress import bar
@@ -41,7 +42,8 @@ def read_lines(path: str | Path, what: str = "sentence file") -> list[str]:
     try:
         lines = [s.strip() for s in p.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
-        raise BakesteerError(f"cannot read {what} {path} ({e}); give a UTF-8 text file with one sentence per line.")
+        raise BakesteerError(f"cannot read {what} {path} ({e}); give a UTF-8 text file with one sentence "
+                             "per line.") from None
     lines = [s for s in lines if s and not s.startswith("#")]
     if not lines:
         raise BakesteerError(f"{what} {path} holds no sentences; put one sentence per line in it.")
@@ -82,9 +84,22 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def network(model) -> torch.nn.Module:
+    """The module tree hooks go on: a block-streaming ``engine.Model``'s skeleton, or the model itself."""
+    return model.model if isinstance(model, Model) else model
+
+
 @torch.inference_mode()
 def _logprob_batches(model, seqs: list[list[int]], batch: int):
-    """Right-padded batches with float64 next-token log-probabilities: (ids, mask, logp [b, len, vocab])."""
+    """Right-padded batches with float64 next-token log-probabilities: (ids, mask, logp [b, len, vocab]).
+
+    A block-streaming ``engine.Model`` runs every batch through one block at a time (hooks installed on
+    its module tree with ``steering(network(model), ...)`` apply as they do on a loaded model)."""
+    if isinstance(model, Model):
+        data = batches(seqs, batch)
+        for b, logits in zip(data, model.forward([Stream(data)])[0]):
+            yield b.ids, b.mask, torch.log_softmax(logits.double(), -1).cpu()
+        return
     dev = _device(model)
     for _, ids, mask in _batches(seqs, batch):
         logits = model(ids.to(dev), attention_mask=mask.to(dev)).logits
@@ -170,7 +185,7 @@ def sweep(model, vectors: dict[int, np.ndarray], site: str, coefs: list[float], 
     points = []
     grid = [(layer, c) for layer in sorted(vectors) for c in coefs]
     for layer, c in bar(iterable=grid, desc="sweep", disable=not progress):
-        with steering(model, [Steer(site, layer, vectors[layer], c)]):
+        with steering(network(model), [Steer(site, layer, vectors[layer], c)]):
             m = measure(model, sets, prompts, batch)
         points.append({"layer": layer, "coef": c, **contrast(base, m, decode, top)})
     return {"site": site, "layers": sorted(vectors), "coefs": list(coefs), "source_perplexity": base.perplexity(),

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .engine import Batch, Model, Stream, batch_of, batches
 from .errors import BakesteerError
 
-__all__ = ["Batch", "Gap", "GapMeter", "Model", "Stream", "batch_of", "batches", "greedy", "kl", "load_tokenizer",
-           "logprobs", "take_tokens"]
+__all__ = ["Batch", "Gap", "GapMeter", "Model", "Stream", "argmax", "batch_of", "batches", "decode", "greedy", "kl",
+           "load_tokenizer", "logprobs", "sampler", "take_tokens"]
 
 
 def load_tokenizer(folder: str | Path, why: str = "this command reads text with it"):
@@ -111,34 +112,68 @@ def forbid(logits: torch.Tensor, ids: list[int]) -> None:
     logits[..., [t for t in ids if 0 <= t < logits.shape[-1]]] = -torch.inf
 
 
+Pick = Callable[[torch.Tensor], int]  # (V,) float logits of the next token -> its id
+
+
+def argmax(logits: torch.Tensor) -> int:
+    return int(logits.argmax(-1))
+
+
+def sampler(temperature: float, top_p: float, generator: torch.Generator) -> Pick:
+    """Nucleus sampling: softmax(logits / temperature), the smallest set of tokens holding ``top_p``."""
+    def pick(logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits.double() / temperature, -1).cpu()
+        order = probs.argsort(descending=True)
+        keep = probs[order].cumsum(0) - probs[order] < top_p  # always keeps the most likely token
+        p = torch.zeros_like(probs)
+        p[order[keep]] = probs[order[keep]]
+        return int(torch.multinomial(p / p.sum(), 1, generator=generator))
+
+    return pick
+
+
 @torch.no_grad()
-def greedy(model: Model, streams: list[Stream], n: int, never: list[int] = ()) -> list[list[list[int]]]:
-    """``n`` greedy tokens after each single-sequence batch of each stream (steers hooked), one pass over the
+def decode(model: Model, streams: list[Stream], n: int, never: list[int] = (), pick: Pick = argmax,
+           stop: int | None = None) -> list[list[list[int]]]:
+    """``n`` new tokens after each single-sequence batch of each stream (steers hooked), one pass over the
     weights per token with a KV cache per sequence: per stream, per batch, the new token ids. Tokens in
-    ``never`` are not picked (see ``end_tokens``)."""
+    ``never`` are not picked (see ``end_tokens``); a sequence that picks ``stop`` ends there."""
     from transformers import DynamicCache
 
     for s in streams:
         for b in s.batches:
             if b.ids.shape[0] != 1:
-                raise ValueError("greedy decodes single-sequence batches")
+                raise ValueError("decode takes single-sequence batches")
             b.cache = DynamicCache(config=model.config)
     out: list[list[list[int]]] = [[[] for _ in s.batches] for s in streams]
+    live = list(streams)
     for step in range(n):
-        _advance(model, streams, step)
+        _advance(model, live, step)
         with model.part("head"):
             for s, got in zip(streams, out, strict=True):
                 for b, ids in zip(s.batches, got, strict=True):
-                    logits = model.head(b.hidden[:, -1:])
+                    if stop is not None and ids and ids[-1] == stop:
+                        continue
+                    logits = model.head(b.hidden[:, -1:])[0, 0].float()
                     forbid(logits, never)
-                    nxt = int(logits.argmax(-1))
-                    ids.append(nxt)
-                    b.ids = torch.tensor([[nxt]])
+                    ids.append(pick(logits))
+                    b.ids = torch.tensor([[ids[-1]]])
                     b.mask = torch.cat([b.mask, torch.ones(1, 1, dtype=b.mask.dtype)], 1)
+        if stop is not None:
+            live = [Stream([b for b, ids in zip(s.batches, got, strict=True) if ids[-1] != stop], s.steers,
+                           s.captures, s.adds) for s, got in zip(streams, out, strict=True)]
+            live = [s for s in live if s.batches]
+            if not live:
+                break
     for s in streams:
         for b in s.batches:
             b.cache = None
     return out
+
+
+def greedy(model: Model, streams: list[Stream], n: int, never: list[int] = ()) -> list[list[list[int]]]:
+    """``decode`` with the most likely token at every step."""
+    return decode(model, streams, n, never)
 
 
 def prompts_stream(seqs: list[list[int]], steers=()) -> Stream:

@@ -6,7 +6,7 @@ vocabulary) and more blocks as it grows, with random weights written straight in
 torch model of that size is ever built). Per size and family:
 
     bake       Llama: resid at the middle block; Qwen3: attn_in (exact) at the middle block
-    verify     of that bake (bytes, touched blocks, end to end; 8 greedy tokens per prompt)
+    verify     of that bake (bytes, touched blocks, end to end; --new-tokens greedy tokens per prompt)
     approx     Qwen3 only: resid at the middle block with --approx (10 Adam steps on 128 tokens)
     extract    64 contrast pairs, resid at the middle block
 
@@ -41,6 +41,7 @@ HEAD_DIM = HIDDEN // HEADS
 SHARD = 1 << 30  # bytes per shard (about)
 SHARED = 10.0  # every embedding row carries SHARED * u; the head reads u as a strong vote for token 0
 ROWS = 4096  # rows written at a time
+VOTE = float(os.environ.get("BENCH_VOTE", "1.0"))  # the head's row 0 gets VOTE * u
 OUT_STD = 0.0005  # o and down projections: each block adds a small update to the residual, as trained models do
 
 
@@ -78,7 +79,7 @@ def _write_tensor(f, name: str, shape: tuple[int, ...], std: float, seed: int) -
         if name == "model.embed_tokens.weight":
             part += SHARED * u
         if name == "lm_head.weight" and r == 0:
-            part[0] += 0.5 * u
+            part[0] += VOTE * u
         f.write(bf16(part).tobytes())
 
 
@@ -177,13 +178,14 @@ def verdict(log: Path) -> str:
     return "PASS" if "\nPASS  baked vs hooked" in text else "FAIL"
 
 
-def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path) -> dict:
+def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path, new_tokens: int, vote: float) -> dict:
     n = layers_for(family, gb)
     src = work / f"{family}-{gb:g}gb"
     shutil.rmtree(src, ignore_errors=True)
     vec = work / "v.npy"
     made = subprocess.run([sys.executable, __file__, "--write", str(src), family, str(n), str(tokenizer), str(vec)],
-                          check=True, capture_output=True, text=True)  # a child, so this parent stays lean
+                          check=True, capture_output=True, text=True, env={**os.environ, "BENCH_VOTE": str(vote)})
+    # (the checkpoint is written by a child, so this parent stays lean)
     size = int(made.stdout.split()[-1])
     mid = n // 2
     pairs = work / "pairs.jsonl"
@@ -191,13 +193,14 @@ def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path) -> dict:
     pairs.write_text("".join(json.dumps({"positive": f"I love {t} ({k})", "negative": f"I hate {t} ({k})"}) + "\n"
                              for k in range(8) for t in things))
     cli = [sys.executable, "-m", "bakesteer"]
-    row = {"family": family, "gb": round(size / 1e9, 2), "layers": n, "block_mb": round(block_bytes(family) / 1e6, 1),
+    row = {"family": family, "vote": vote, "gb": round(size / 1e9, 2), "layers": n,
+           "block_mb": round(block_bytes(family) / 1e6, 1),
            "largest_part_mb": round(max(block_bytes(family), 2 * VOCAB * HIDDEN) / 1e6, 1), "cat_s": cat_seconds(src)}
     site = "resid" if family == "llama" else "attn_out"
     out = work / "baked"
     row["bake"] = run(cli + ["bake", "--model", str(src), "--vector", str(vec), "--layer", str(mid), "--site", site,
                              "--coef", "1", "-o", str(out), "--force", "-q"], log)
-    row["verify"] = run(cli + ["verify", str(out), "-q", "--new-tokens", "8"], log)
+    row["verify"] = run(cli + ["verify", str(out), "-q", "--new-tokens", str(new_tokens)], log)
     row["verify"]["verdict"] = verdict(log)
     shutil.rmtree(out, ignore_errors=True)
     if family == "qwen3":
@@ -213,17 +216,18 @@ def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path) -> dict:
 
 def render(doc: dict) -> str:
     """The Markdown table of a results document (the README's table is this text)."""
-    lines = ["| family | size GB | blocks | largest part MB | cat s | command | peak RSS MB | s | s/GB | × cat | result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | size GB | blocks | largest part MB | cat s | command | peak RSS MB | s | s/GB | × cat "
+             "| result |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         for cmd in ("bake", "verify", "approx", "extract"):
             if cmd not in r:
                 continue
             c = r[cmd]
-            res = c.get("verdict", "ok") if c["rc"] in (0, 1) and (cmd == "verify" or c["rc"] == 0) else f"exit {c['rc']}"
-            lines.append(f"| {r['family']} | {r['gb']:.2f} | {r['layers']} | {r['largest_part_mb']:.0f} | {r['cat_s']:.1f} "
-                         f"| {cmd} | {c['peak_rss_mb']:.0f} | {c['seconds']:.1f} | {c['seconds'] / r['gb']:.1f} "
-                         f"| {c['seconds'] / max(r['cat_s'], 1e-3):.0f} | {res} |")
+            ran = c["rc"] == 0 or (cmd == "verify" and c["rc"] == 1)
+            res = c.get("verdict", "ok") if ran else f"exit {c['rc']}"
+            lines.append(f"| {r['family']} | {r['gb']:.2f} | {r['layers']} | {r['largest_part_mb']:.0f} "
+                         f"| {r['cat_s']:.1f} | {cmd} | {c['peak_rss_mb']:.0f} | {c['seconds']:.1f} "
+                         f"| {c['seconds'] / r['gb']:.1f} | {c['seconds'] / max(r['cat_s'], 1e-3):.0f} | {res} |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +256,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,2,4,8", help="checkpoint sizes in GB")
     ap.add_argument("--families", default="llama,qwen3")
     ap.add_argument("--work", default="/tmp/bench_scale_proof", help="scratch folder (deleted per size)")
+    ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per prompt in verify (default 8)")
+    ap.add_argument("--append", action="store_true", help="add rows to the existing results file")
+    ap.add_argument("--vote", type=float, default=1.0, help="size of the head's row-0 vote for the shared direction")
     ap.add_argument("--render", action="store_true", help="re-render the table and README from the results file")
     ap.add_argument("--write", nargs=5, metavar=("DIR", "FAMILY", "LAYERS", "TOKENIZER", "VECTOR"),
                     help=argparse.SUPPRESS)  # the checkpoint writer, run as a child process
@@ -273,10 +280,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     doc = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-           "command": " ".join(sys.argv), "rows": []}
+           "command": " ".join(sys.argv), "new_tokens": a.new_tokens, "rows": []}
+    if a.append and RESULTS.is_file():
+        old = json.loads(RESULTS.read_text())
+        doc["rows"], doc["command"] = old["rows"], old["command"] + " && " + doc["command"]
     for gb in [float(x) for x in a.sizes.split(",")]:
         for family in a.families.split(","):
-            row = one(family, gb, work, default_model_dir(), log)
+            row = one(family, gb, work, default_model_dir(), log, a.new_tokens, a.vote)
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)
             write_outputs(doc)

@@ -5,10 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-try:
-    from bakesteer.tiny import CONFIGS, HIDDEN, LAYERS, make_model
-except ImportError:  # tiny.py may live in tests/
-    from tiny import CONFIGS, HIDDEN, LAYERS, make_model
+from tiny import CONFIGS, HIDDEN, LAYERS, make_model
 
 from bakesteer.engine import Model, Stream, batches
 from bakesteer.hooks import Steer, steering
@@ -117,3 +114,27 @@ def test_streamed_greedy_equals_generate(tmp_path, family):
     assert got[0] + got[1] == want
     assert want[:2] != want[2:]  # the steer changed the tokens
     assert eng.peak_blocks == 1
+
+
+def test_streamed_extract_equals_extract_in_memory(tmp_path):
+    from bakesteer.extract import Pair, extract
+
+    try:
+        from tiny import save_char_tokenizer
+    except ImportError:
+        from tiny import save_char_tokenizer
+    model = make_model("gemma2")  # sliding-window layers, scaled embeddings
+    model.save_pretrained(tmp_path / "m")
+    save_char_tokenizer(tmp_path / "m")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    pairs = [Pair("I love it", "I hate it"), Pair("kind words, said twice", "cruel words")]
+    eng = Model(tmp_path / "m", attn_implementation="eager")
+    loaded, real = [], eng.part
+    eng.part = lambda which: (loaded.append(which), real(which))[1]
+    a = extract(eng, tok, pairs, "mlp_in", [1, 2], aggregation="mean", batch_size=3)
+    b = extract(model, tok, pairs, "mlp_in", [1, 2], aggregation="mean", batch_size=3)
+    for L in (1, 2):
+        assert np.abs(a.vectors[L] - b.vectors[L]).max() <= 1e-5 * max(1.0, np.abs(b.vectors[L]).max())
+    assert eng.peak_blocks == 1 and loaded == ["embed", 0, 1, 2]  # blocks 0 to the deepest requested, no head

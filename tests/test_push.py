@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 from bakesteer.card import DEFAULT_HUB_ID
 from bakesteer.cli import main
 from helpers import refused
-from tiny import HIDDEN, save_model
+from tiny import HIDDEN, save_char_tokenizer, save_model
 
 
 class MockHub:
@@ -67,6 +67,7 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture
 def baked(tmp_path):
     save_model("llama", tmp_path / "src")
+    save_char_tokenizer(tmp_path / "src")  # verify reads its prompts with the bake's tokenizer
     np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=HIDDEN).astype(np.float32))
     out = tmp_path / "baked"
     assert main(["bake", "--model", str(tmp_path / "src"), "--vector", str(tmp_path / "v.npy"), "--layer", "1",

@@ -14,10 +14,7 @@ from bakesteer.cli import main
 from bakesteer.checkpoint import Checkpoint
 from bakesteer.verify import verify
 
-try:
-    from bakesteer.tiny import HIDDEN, make_model, save_char_tokenizer
-except ImportError:  # tiny.py may live in tests/
-    from tiny import HIDDEN, make_model, save_char_tokenizer
+from tiny import HIDDEN, make_model, save_char_tokenizer
 from hostile_tools import refused
 
 
@@ -132,3 +129,15 @@ def test_no_tokenizer_is_refused_unless_random_prompts(baked, capsys):
         (baked / name).unlink(missing_ok=True)
     refused(capsys, ["verify", str(baked), "-q"], "--random-prompts", baked.parent)
     assert main(["verify", str(baked), "-q", "--new-tokens", "4", "--random-prompts"]) == 0
+
+
+def test_a_relabel_is_checked_block_by_block_over_the_whole_stack(tmp_path):
+    make_model("qwen2").save_pretrained(tmp_path / "src")  # Qwen2 -> Llama for a resid bake
+    save_char_tokenizer(tmp_path / "src")
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=HIDDEN).astype(np.float32))
+    assert main(["bake", "--model", str(tmp_path / "src"), "--vector", str(tmp_path / "v.npy"), "--layer", "2",
+                 "--coef", "4", "-o", str(tmp_path / "out"), "-q"]) == 0
+    recipe, report = verify(tmp_path / "out", new_tokens=4, progress=False)
+    assert recipe["written"]["relabelled_from"] == "qwen2" and report.passed
+    assert [c.block for c in report.blocks] == [0, 1, 2, 3]  # every block, as Llama against Qwen2
+    assert [c.block for c in report.blocks if c.effect > 0] == [2]
