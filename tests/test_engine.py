@@ -119,10 +119,7 @@ def test_streamed_greedy_equals_generate(tmp_path, family):
 def test_streamed_extract_equals_extract_in_memory(tmp_path):
     from bakesteer.extract import Pair, extract
 
-    try:
-        from tiny import save_char_tokenizer
-    except ImportError:
-        from tiny import save_char_tokenizer
+    from tiny import save_char_tokenizer
     model = make_model("gemma2")  # sliding-window layers, scaled embeddings
     model.save_pretrained(tmp_path / "m")
     save_char_tokenizer(tmp_path / "m")
