@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import exact_sites, fold_target
 from bakesteer.bake import Item, bake
 from bakesteer.checkpoint import Checkpoint
+from bakesteer.configs import for_every_reader
 from bakesteer.hooks import Steer, steering
 from helpers import hooked_vs_baked, logits
 from tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
@@ -111,7 +112,8 @@ def test_qwen2_attn_in_keeps_its_architecture_and_resid_relabels_to_llama(tmp_pa
     bake(tmp_path / "src", [Item(s, {}) for s in _steers("attn_in", (1,))], tmp_path / "a", progress=False)
     before = json.loads((tmp_path / "src" / "config.json").read_text())
     after = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert {k: v for k, v in after.items()} == {k: v for k, v in before.items()}
+    assert after == for_every_reader(before)  # the architecture kept, only the moved keys written twice
+    assert after["rope_theta"] == before["rope_parameters"]["rope_theta"]
     r = bake(tmp_path / "src", [Item(s, {}) for s in _steers("resid", (1,))], tmp_path / "b", progress=False)
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
