@@ -23,7 +23,9 @@ import torch
 
 from .errors import BakesteerError
 from .hooks import Steer, steering
-from .lm import GapMeter, Model, Stream, batches, end_tokens, forbid, greedy, kl, load_tokenizer, prompts_stream, take_tokens
+from .lm import (
+    GapMeter, Model, Stream, batches, end_tokens, forbid, greedy, kl, load_tokenizer, prompts_stream, take_tokens,
+)
 from .proof import ByteProof, block_of, prove_bytes
 from .recipe import load_record
 
