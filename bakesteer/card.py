@@ -28,16 +28,26 @@ def front_matter(recipe: dict) -> str:
     return f"---\n{data.to_yaml()}\n---\n"
 
 
+def _strength(s: dict | None) -> list[str]:
+    """What the steer does to the model (measured by verify on the source with the steer hooked)."""
+    if not s:
+        return []
+    return [f"Steering strength ({s['verdict']}): KL(source ‖ steered) = {s['kl']:.3g} nats/token on the bundled "
+            f"prompts; perplexity of general text {s['ppl_source']:.3g} → {s['ppl_steered']:.3g} "
+            f"(×{s['ppl_ratio']:.3g}).", ""]
+
+
 def _figures(v: dict | None, exact: bool) -> list[str]:
     if v is None:
         return ["Not yet verified here: run `bakesteer verify <this folder>` (it writes its figures into this card).",
                 ""]
     if v["kind"] == "approximate":
-        return [f"`bakesteer verify` re-measured it on {v['tokens']} held-out tokens: KL(hooked ‖ baked) = "
+        return _strength(v.get("strength")) + [
+                f"`bakesteer verify` re-measured it on {v['tokens']} held-out tokens: KL(hooked ‖ baked) = "
                 f"{v['kl_hooked_baked']:.4g} nats/token ({v['ratio']:.1%} of the steering's KL(source ‖ hooked) = "
                 f"{v['kl_source_hooked']:.4g}), top-1 agreement {v['top1_agreement']:.1%} — "
                 f"{'PASS (reproduced)' if v['passed'] else 'FAIL'}.", ""]
-    lines = [f"`bakesteer verify` ({v['dtype']}, {len(v['prompts'])} fixed prompts): "
+    lines = _strength(v.get("strength")) + [f"`bakesteer verify` ({v['dtype']}, {len(v['prompts'])} fixed prompts): "
              f"{'PASS' if v['passed'] else 'FAIL'}", "",
              "| max \\|Δlogit\\| baked vs hooked | tolerance | steering effect max \\|hooked − source\\| | "
              "KL(source ‖ hooked) nats/token | greedy tokens |", "|---|---|---|---|---|",

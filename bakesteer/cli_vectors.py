@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--suffix", default="", help="shared text after each side (in --chat mode: the reply's start)")
     e.add_argument("--chat", action="store_true", help="render each side as a user turn with the chat template")
     e.add_argument("--site", default="resid", help="attn_in, mlp_in, attn_out, mlp_out or resid (default resid)")
-    e.add_argument("--layers", action="append", type=layers_arg, help="decoder blocks, e.g. 5, 4-12 (default: all)")
+    e.add_argument("--layers", "--layer", dest="layers", action="append", type=layers_arg,
+                   help="decoder blocks, e.g. 5, 4-12 (default: all)")
     e.add_argument("--aggregate", default="last", choices=["last", "mean", "suffix"],
                    help="token reduction: last non-padding token, mean over tokens, mean over the suffix")
     e.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca_diff", "pca_center"],
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map='auto' over all GPUs)")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    e.add_argument("--coef", type=float, help="coefficient suggested in the file for bake")
+    e.add_argument("--coef", type=float, help="coefficient suggested in the file for bake (default: for the PCA "
+                                              "methods, the pairs' mean separation along the unit direction)")
     e.add_argument("-o", "--output", required=True, help=OUT_HELP)
     e.add_argument("--ibm", help="also write IBM activation-steering .svec JSON here (resid only)")
     e.add_argument("--force", action="store_true", help="replace existing output files")
@@ -57,6 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _flat(groups: list[list[int]] | None) -> list[int] | None:
     return None if not groups else [x for g in groups for x in g]
+
+
+def _coef(given: float | None, res) -> tuple[float | None, str | None]:
+    """The coefficient the file suggests, and how it was chosen (None, None: mean_diff's vectors carry it)."""
+    if given is not None:
+        return given, "given with --coef"
+    if res.suggested_coef() is None:
+        return None, None
+    return res.suggested_coef(), ("the median over blocks of the pairs' mean separation along the unit direction "
+                                  "(mean (positive − negative) · v)")
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
@@ -97,17 +109,18 @@ def cmd_extract(a: argparse.Namespace) -> int:
                   progress=not a.quiet)
     method = f"{res.method}({res.aggregation})"
     extra = {"pairs": res.n_pairs, "aggregation": res.aggregation, "prompting": res.prompting,
-             "unit_length": res.method != "mean_diff"}
+             "unit_length": res.method != "mean_diff", "separation": {str(b): s for b, s in res.spread.items()}}
+    coef, how = _coef(a.coef, res)
+    if how:
+        extra["coef_basis"] = how
     for p, fmt, keep in plans:
         blocks = {b: v for b, v in res.vectors.items() if b in keep}
-        write_vectors(p, fmt, res.site, blocks, identity, res.explained, a.coef, method, extra, a.force, inputs)
+        write_vectors(p, fmt, res.site, blocks, identity, res.explained, coef, method, extra, a.force, inputs)
     norms = [float((v ** 2).sum() ** 0.5) for v in res.vectors.values()]
     print(f"extracted {res.site} vectors at {len(res.vectors)} block(s) from {res.n_pairs} pair(s) "
           f"({method}); |v| {min(norms):.3g} to {max(norms):.3g}")
-    for p, fmt, _ in plans:
-        print(f"  wrote {p} ({fmt})")
-    for note in notes:
-        print(f"  note: {note}")
+    print("\n".join(([f"  suggested coefficient {coef:.3g}: {how}"] if coef is not None and a.coef is None else [])
+                    + [f"  wrote {p} ({fmt})" for p, fmt, _ in plans] + [f"  note: {n}" for n in notes]))
     return 0
 
 

@@ -22,10 +22,10 @@ import torch
 
 from .engine import Model, Stream, batches
 from .errors import BakesteerError
+from .paths import bundled_or
 from .hooks import Steer, steering
 from .progress import bar
 
-BUNDLED = Path(__file__).parent / "data"
 
 
 def warn(msg: str) -> None:
@@ -34,9 +34,7 @@ def warn(msg: str) -> None:
 
 def read_lines(path: str | Path, what: str = "sentence file") -> list[str]:
     """Non-blank lines not starting with '#'; a bundled data file may be named by its file name."""
-    p = Path(path)
-    if not p.exists() and p.parent == Path(".") and (BUNDLED / p.name).is_file():
-        p = BUNDLED / p.name
+    p = bundled_or(path)
     if not p.is_file():
         raise BakesteerError(f"{what} {path} does not exist; give a text file with one sentence per line.")
     try:
@@ -189,4 +187,19 @@ def sweep(model, vectors: dict[int, np.ndarray], site: str, coefs: list[float], 
             m = measure(model, sets, prompts, batch)
         points.append({"layer": layer, "coef": c, **contrast(base, m, decode, top)})
     return {"site": site, "layers": sorted(vectors), "coefs": list(coefs), "source_perplexity": base.perplexity(),
-            "points": points}
+            "points": points, "proposed": propose(points)}
+
+
+def propose(points: list[dict]) -> dict[str, list[float] | None]:
+    """Per layer, the smallest and largest swept coefficient (by size, sign kept) whose steer is visible and not
+    destructive by ``bakesteer.strength``'s thresholds: KL over the prompts >= NEGLIGIBLE_KL (when prompts were
+    measured) and every set's perplexity ratio <= DESTRUCTIVE_PPL. None where no swept coefficient is."""
+    from .strength import DESTRUCTIVE_PPL, NEGLIGIBLE_KL
+
+    out: dict[str, list[float] | None] = {}
+    for layer in sorted({p["layer"] for p in points}):
+        good = sorted((p["coef"] for p in points if p["layer"] == layer
+                       and p.get("kl", math.inf) >= NEGLIGIBLE_KL
+                       and max(p["ratio"].values()) <= DESTRUCTIVE_PPL), key=abs)
+        out[str(layer)] = [good[0], good[-1]] if good else None
+    return out

@@ -29,6 +29,7 @@ import torch
 
 from .arch import arch_for, check_site
 from .errors import BakesteerError
+from .paths import bundled_or
 from .hooks import site_at, watch
 from .engine import Batch, Model, Stream, pick_device
 from .progress import bar
@@ -86,7 +87,8 @@ def parse_pairs(text: str, name: str, csv_format: bool = False) -> list[Pair]:
 
 
 def load_pairs(path: str | Path) -> list[Pair]:
-    p = Path(path)
+    """Pairs from a JSONL/JSON/CSV file (a bare name may be a bundled one: ``love_hate.jsonl``)."""
+    p = bundled_or(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
@@ -140,6 +142,15 @@ class Extracted:
     aggregation: str
     n_pairs: int
     prompting: dict = field(default_factory=dict)
+    spread: dict[int, float] = field(default_factory=dict)  # block -> mean (positive − negative) along v / |v|
+
+    def suggested_coef(self) -> float | None:
+        """For unit-length directions (the PCA methods): the median over blocks of the mean projection of
+        (positive − negative) onto the direction, so that coef·v moves the hidden state as far along v as the
+        pairs differ on average (what mean_diff's coef 1 does). None for mean_diff, whose vectors carry it."""
+        if self.method == "mean_diff" or not self.spread:
+            return None
+        return float(np.median(list(self.spread.values())))
 
 
 class _Done(Exception):
@@ -316,10 +327,13 @@ def extract(model, tok, pairs: list[Pair], site: str = "resid", layers: list[int
     rendered = [prompting.render(tok, t) for p in pairs for t in (p.positive, p.negative)]  # pos, neg, pos, ...
     acts = capture(model, tok, [r[0] for r in rendered], [r[1] for r in rendered], site, layers, aggregation,
                    batch_size, add_special_tokens=not prompting.chat, progress=progress)
-    vectors, explained = {}, {}
+    vectors, explained, spread = {}, {}, {}
     for L in layers:
-        vectors[L], explained[L] = direction(acts[L][0::2], acts[L][1::2], method)
-    return Extracted(vectors, explained, site, method, aggregation, len(pairs), prompting.describe())
+        pos, neg = acts[L][0::2], acts[L][1::2]
+        vectors[L], explained[L] = direction(pos, neg, method)
+        norm = float(np.linalg.norm(vectors[L]))
+        spread[L] = float(((pos - neg) @ vectors[L]).mean() / norm) if norm > 0 else 0.0
+    return Extracted(vectors, explained, site, method, aggregation, len(pairs), prompting.describe(), spread)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -107,3 +107,9 @@ def resolve_model(model: str | None) -> tuple[Path, str, dict]:
             f"download it first (`hf download {model}`), or pass its folder."
         ) from None
     return snap, model.rsplit("/", 1)[-1], {"hub_id": model, "revision": snap.name}
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds tokenizer files."""
+    return any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                                 "vocab.json"))

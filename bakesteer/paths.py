@@ -22,6 +22,16 @@ from typing import Callable, Iterable
 from .errors import BakesteerError
 
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+BUNDLED = Path(__file__).resolve().parent / "data"  # love.svec, love_hate.jsonl, the text sets
+
+
+def bundled_or(path: str | os.PathLike) -> Path:
+    """A user path, or, when no such file exists and a bare name is given, the bakesteer data file of that name
+    (``love.svec``, ``love_hate.jsonl``, ``wedding.txt``): the README's examples run from any folder."""
+    p = Path(path)
+    if not p.exists() and p.parent == Path(".") and (BUNDLED / p.name).is_file():
+        return BUNDLED / p.name
+    return p
 
 
 def plain_name(name: object, where: str) -> str:

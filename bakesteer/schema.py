@@ -149,10 +149,11 @@ RECIPE = {
     "written": {"model_type": Opt((str, Null)), "architectures": Opt(_names),
                 "relabelled_from": (str, Null), "flags_switched_on": [str]},
 }
+_STRENGTH = {"kl": number, "ppl_source": number, "ppl_steered": number, "ppl_ratio": number, "verdict": str}
 VERIFIED_EXACT = {"kind": str, "passed": bool, "dtype": str, "max_abs_diff": number, "tolerance": number,
                   "steering_effect": number, "kl_source_hooked": number, "greedy_tokens": int, "greedy_match": bool,
-                  "prompts": [str], "sample": Opt(_sample)}
-VERIFIED_APPROX = {"kind": str, "passed": bool, **_HELDOUT}
+                  "prompts": [str], "sample": Opt(_sample), "strength": Opt(_STRENGTH)}
+VERIFIED_APPROX = {"kind": str, "passed": bool, **_HELDOUT, "strength": Opt(_STRENGTH)}
 
 
 def check_recipe(recipe) -> None:

@@ -23,11 +23,14 @@ import torch
 
 from .errors import BakesteerError
 from .hooks import Steer, steering
+from .models import has_tokenizer
 from .lm import (
     GapMeter, Model, Stream, batches, end_tokens, forbid, greedy, kl, load_tokenizer, prompts_stream, take_tokens,
 )
 from .proof import ByteProof, block_of, prove_bytes
 from .recipe import load_record
+from .strength import Strength
+from .strength import measure as measure_strength
 
 FP32_TOL = 1e-4
 PROMPTS = ["I hate you because", "I think that you are", "The weather today is", "My favourite food is",
@@ -42,8 +45,16 @@ def tolerance(dtype: str, own_error: float) -> float:
     return max(rule, FP32_TOL) if dtype == "float32" else rule
 
 
+class _Tolerated:
+    """Anything measured in ``dtype`` with the dtype's ``own_error``: its tolerance under the rule above."""
+
+    @property
+    def tolerance(self) -> float:
+        return tolerance(self.dtype, self.own_error)
+
+
 @dataclass
-class BlockCheck:
+class BlockCheck(_Tolerated):
     """One touched block run on its real inputs: baked vs hooked vs the higher-precision hooked block."""
 
     block: int
@@ -54,16 +65,12 @@ class BlockCheck:
     effect: float  # hooked block vs plain block: what the steer does here (0 for a relabel-only block)
 
     @property
-    def tolerance(self) -> float:
-        return tolerance(self.dtype, self.own_error)
-
-    @property
     def passed(self) -> bool:
         return min(self.max_abs_diff, self.ref_diff) <= self.tolerance
 
 
 @dataclass
-class Report:
+class Report(_Tolerated):
     dtype: str
     max_abs_diff: float  # baked vs hooked logits in the model's dtype, every position of every prompt
     ref_diff: float  # baked vs hooked in higher precision (fp64 for fp32, fp32 for bf16/fp16)
@@ -71,18 +78,16 @@ class Report:
     steering_effect: float  # max |hooked - source| logits
     kl_hooked_baked: float  # mean over positions, nats
     kl_source_hooked: float
-    greedy_tokens: int
+    greedy_tokens: int  # per prompt
     greedy_match: bool
     baked_tokens: list[int] = field(default_factory=list)  # greedy continuation of the first prompt
     samples: list[str] = field(default_factory=list)  # lines showing source vs baked text, when a tokenizer exists
     sample: dict | None = None  # the same as {"prompt", "source", "baked"} texts
+    greedy_prompts: int = 2
     bytes: ByteProof | None = None  # part 1, when it ran
     blocks: list[BlockCheck] = field(default_factory=list)  # part 2
     parts: list[str] = field(default_factory=list)  # which parts ran
-
-    @property
-    def tolerance(self) -> float:
-        return tolerance(self.dtype, self.own_error)
+    strength: Strength | None = None  # what the steer does to the model (not part of the verdict)
 
     @property
     def end_to_end_passed(self) -> bool:
@@ -128,12 +133,13 @@ class Report:
             f"({self.steering_effect / self.tolerance:.3g}× the tolerance)",
             f"      KL(hooked ‖ baked) = {self.kl_hooked_baked:.3g} nats/token;  "
             f"KL(source ‖ hooked) = {self.kl_source_hooked:.3g}",
-            f"      greedy {self.greedy_tokens} tokens: {'identical' if self.greedy_match else 'DIFFERENT'}",
+            f"      greedy tokens ({self.greedy_tokens} per prompt, {self.greedy_prompts} prompts): "
+            f"{'identical' if self.greedy_match else 'DIFFERENT'}",
             *self._proof_lines(),
         ]
         if self.parts:
             lines.append(f"      parts run: {', '.join(self.parts)}")
-        return lines + self.samples
+        return lines + _strength_lines(self.strength) + self.samples
 
 
 def _max(pairs) -> float:
@@ -169,7 +175,8 @@ def compare(source, baked, steers: list[Steer], prompts: list[torch.Tensor], new
                   _max(zip(hooked, ref)), _max(zip(hooked, plain)),
                   sum(kl(h, b) for h, b in zip(hooked, baked_l)) / len(prompts),
                   sum(kl(p, h) for p, h in zip(plain, hooked)) / len(prompts),
-                  new_tokens * len(hooked_gen), hooked_gen == baked_gen, baked_gen[0] if baked_gen else [])
+                  new_tokens, hooked_gen == baked_gen, baked_gen[0] if baked_gen else [],
+                  greedy_prompts=len(hooked_gen))
 
 
 def prompt_ids(tok, vocab: int, n: int = 4, random_prompts: bool = False) -> list[list[int]]:
@@ -274,7 +281,7 @@ def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool,
     S = Model(src, dtype, device)
     touched = _touched(recipe, S.arch.layers, S.n_layers)
     proof = prove_bytes(Path(out_dir), recipe, src, touched, S.arch.layers)
-    tok = load_tokenizer(out_dir) if _has_tokenizer(Path(out_dir)) else None
+    tok = load_tokenizer(out_dir) if has_tokenizer(Path(out_dir)) else None
     prompts = prompt_ids(tok, S.config.vocab_size, random_prompts=random_prompts)
     p = _Pass(S, Model(src, REF[dtype], device), Model(out_dir, dtype, device), steers, len(prompts))
     n_gen = 2 if new_tokens > 0 else 0
@@ -292,8 +299,10 @@ def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool,
                     _max(zip(hooked, ref)), _max(zip(hooked, plain)),
                     sum(kl(h, b) for h, b in zip(hooked, baked)) / len(prompts),
                     sum(kl(q, h) for q, h in zip(plain, hooked)) / len(prompts),
-                    new_tokens * n_gen, match, first, bytes=proof, blocks=checks,
+                    new_tokens, match, first, greedy_prompts=n_gen, bytes=proof, blocks=checks,
                     parts=["bytes", f"blocks ({len(checks)} touched)", "end-to-end"])
+    if tok is not None:
+        report.strength = measure_strength(p.S, tok, steers)
     for m in (p.S, p.R, p.B):
         m.close()
     if tok is not None and new_tokens > 0:
@@ -304,17 +313,13 @@ def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool,
     return report
 
 
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                                                 "vocab.json"))
-
-
 @dataclass
 class ApproxReport:
     """An approximate bake re-measured on its recorded held-out text, against the figures it recorded."""
 
     recorded: dict
     measured: dict
+    strength: Strength | None = None
 
     @property
     def passed(self) -> bool:
@@ -332,7 +337,7 @@ class ApproxReport:
             f"KL(source ‖ hooked) = {m['kl_source_hooked']:.4g}), top-1 agreement {m['top1_agreement']:.1%}",
             f"      recorded at bake time: {r['kl_hooked_baked']:.4g} ({r['ratio']:.1%}), top-1 "
             f"{r['top1_agreement']:.1%} — {'reproduced' if self.passed else 'NOT reproduced'}",
-        ]
+        ] + _strength_lines(self.strength)
 
 
 def measure_gap(source: Model, baked: Model, steers: list[Steer], seqs: list[list[int]], size: int = 16):
@@ -367,8 +372,9 @@ def verify_approx(out_dir: Path, rec, src: Path, device: str | None = "cpu") -> 
     a = rec.recipe["approximation"]
     tok = load_tokenizer(out_dir, "verify re-measures an approximate bake on its held-out text")
     seqs = take_tokens(tok, rec.heldout, a["calibration"]["heldout_token_budget"])
-    g = measure_gap(Model(src, torch.float32, device), Model(out_dir, torch.float32, device), rec.steers, seqs)
-    return ApproxReport(a["heldout"], asdict(g))
+    source = Model(src, torch.float32, device)
+    g = measure_gap(source, Model(out_dir, torch.float32, device), rec.steers, seqs)
+    return ApproxReport(a["heldout"], asdict(g), measure_strength(source, tok, rec.steers))
 
 
 def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True, device: str | None = "cpu",
@@ -390,16 +396,23 @@ def verify(out_dir: str | Path, new_tokens: int = 32, progress: bool = True, dev
     return recipe, verify_exact(Path(out_dir), rec, src, new_tokens, progress, device, random_prompts)
 
 
+def _strength_lines(strength: Strength | None) -> list[str]:
+    if strength is None:
+        return ["      strength: not measured (the folder has no tokenizer to read the bundled texts with)"]
+    return strength.lines()
+
+
 def verification_doc(report: Report | ApproxReport) -> dict:
     """The figures of a verification, as ``verify.json`` and the model card keep them."""
+    strength = {"strength": report.strength.doc()} if report.strength is not None else {}
     if isinstance(report, ApproxReport):
-        return {"kind": "approximate", "passed": report.passed, **report.measured}
+        return {"kind": "approximate", "passed": report.passed, **report.measured, **strength}
     doc = {"kind": "exact", "passed": report.passed, "dtype": report.dtype,
            "max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance,
            "steering_effect": report.steering_effect, "kl_hooked_baked": report.kl_hooked_baked,
-           "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens,
-           "greedy_match": report.greedy_match, "prompts": PROMPTS[:4], "sample": report.sample,
-           "parts": report.parts}
+           "kl_source_hooked": report.kl_source_hooked, "greedy_tokens": report.greedy_tokens * report.greedy_prompts,
+           "greedy_match": report.greedy_match, "greedy_prompts": report.greedy_prompts, "prompts": PROMPTS[:4],
+           "sample": report.sample, "parts": report.parts, **strength}
     if report.bytes is not None:
         doc["bytes"] = {"passed": report.bytes.passed, "tensors": report.bytes.tensors,
                         "differing": report.bytes.differing}

@@ -1,8 +1,8 @@
 """Make bakesteer/data/love.svec: Love − Hate mean-difference vectors of SmolLM2, every block, site resid.
 
-Turner et al.'s ActAdd pair ("Love" − "Hate") plus a few paraphrases; the residual stream after each
-block is read at the last token of each text and averaged over pairs (CAA-style mean difference).
-The vectors are stored as they are, so --coef multiplies the natural difference (coef 1 = one full
+Turner et al.'s ActAdd pair ("Love" − "Hate") plus a few paraphrases (bakesteer/data/love_hate.jsonl); the
+residual stream after each block is read at the last token of each text and averaged over pairs (CAA-style
+mean difference). The vectors are stored as they are, so --coef multiplies the natural difference (coef 1 = one full
 mean difference). Run: python scripts/make_love_vector.py [--check]
 """
 from __future__ import annotations
@@ -12,20 +12,12 @@ import argparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bakesteer.extract import load_pairs
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import DEFAULT_NAME, ensure_default_model
 from bakesteer.vectors import BUNDLED, save_bakesteer_vector
 
-PAIRS = [
-    ("Love", "Hate"),
-    ("I love you", "I hate you"),
-    ("I love this so much", "I hate this so much"),
-    ("You are wonderful and I adore you", "You are awful and I despise you"),
-    ("What a lovely, kind person", "What a hateful, cruel person"),
-    ("We care for each other deeply", "We loathe each other deeply"),
-    ("Thank you, I love it", "Damn you, I hate it"),
-    ("My heart is full of love", "My heart is full of hatred"),
-]
+PAIRS = [(p.positive, p.negative) for p in load_pairs(BUNDLED / "love_hate.jsonl")]  # bundled: extract reads it too
 
 
 @torch.inference_mode()

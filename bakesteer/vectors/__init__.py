@@ -13,7 +13,8 @@ Modules: ``core`` (VectorFile, shared checks, ``pick``), ``svec`` (bakesteer + I
 (GGUF control vectors), ``sv`` (steering-vectors), ``raw`` (.npy/.pt/.safetensors), ``files`` (load any,
 write any, refusals), ``inspect`` (describe).
 """
-from .core import BUNDLED, VectorFile, pick, resolve_path
+from ..paths import BUNDLED
+from .core import VectorFile, pick, resolve_path
 from .files import (FORMATS, blocks_of, check_expressible, check_model, format_for, load_vector_file, model_info,
                     write_vectors)
 from .inspect import CONVENTIONS, describe

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..arch import check_site
 from ..errors import BakesteerError
+from ..paths import bundled_or
 from ..steer import as_f64
 
-BUNDLED = Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass
@@ -35,9 +35,7 @@ class VectorFile:
 
 def resolve_path(path: str | Path) -> Path:
     """A user path, or the file of that name bundled with bakesteer (e.g. ``love.svec``)."""
-    p = Path(path)
-    if not p.exists() and (BUNDLED / p.name).is_file() and p.parent == Path("."):
-        return BUNDLED / p.name
+    p = bundled_or(path)
     if not p.is_file():
         raise BakesteerError(f"vector file {path} does not exist; check the path given to --vector.")
     return p
