@@ -5,7 +5,8 @@ Each checkpoint has the same width (hidden 2048, MLP 5632, 16 heads, 4 KV heads,
 vocabulary) and more blocks as it grows, with random weights written straight into safetensors shards (no
 torch model of that size is ever built). Per size and family:
 
-    bake       Llama: resid at the middle block; Qwen3: attn_in (exact) at the middle block
+    bake       Llama: resid at the middle block; Qwen3: attn_out (exact) at the middle block (--no-strength:
+               the bake alone; the strength report is one streamed forward, as in verify's rows)
     verify     of that bake (bytes, touched blocks, end to end; --new-tokens greedy tokens per prompt)
     approx     Qwen3 only: resid at the middle block with --approx (10 Adam steps on 128 tokens)
     extract    64 contrast pairs, resid at the middle block
@@ -199,14 +200,14 @@ def one(family: str, gb: float, work: Path, tokenizer: Path, log: Path, new_toke
     site = "resid" if family == "llama" else "attn_out"
     out = work / "baked"
     row["bake"] = run(cli + ["bake", "--model", str(src), "--vector", str(vec), "--layer", str(mid), "--site", site,
-                             "--coef", "1", "-o", str(out), "--force", "-q"], log)
+                             "--coef", "1", "-o", str(out), "--force", "-q", "--no-strength"], log)
     row["verify"] = run(cli + ["verify", str(out), "-q", "--new-tokens", str(new_tokens)], log)
     row["verify"]["verdict"] = verdict(log)
     shutil.rmtree(out, ignore_errors=True)
     if family == "qwen3":
         row["approx"] = run(cli + ["bake", "--model", str(src), "--vector", str(vec), "--layer", str(mid), "--site",
                                    "resid", "--coef", "1", "--approx", "--fit-steps", "10", "--calib-tokens", "128",
-                                   "--device", "cpu", "-o", str(out), "--force", "-q"], log)
+                                   "--device", "cpu", "-o", str(out), "--force", "-q", "--no-strength"], log)
         shutil.rmtree(out, ignore_errors=True)
     row["extract"] = run(cli + ["extract", "--model", str(src), "--pairs", str(pairs), "--layers", str(mid),
                                 "-o", str(work / "x.svec"), "--force", "-q"], log)
@@ -261,7 +262,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_scale_proof", help="scratch folder (deleted per size)")
     ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per prompt in verify (default 8)")
     ap.add_argument("--append", action="store_true", help="add rows to the existing results file")
-    ap.add_argument("--vote", type=float, default=1.0, help="size of the head's row-0 vote for the shared direction")
+    ap.add_argument("--vote", type=float, default=2.0, help="size of the head's row-0 vote for the shared direction")
     ap.add_argument("--render", action="store_true", help="re-render the table and README from the results file")
     ap.add_argument("--write", nargs=5, metavar=("DIR", "FAMILY", "LAYERS", "TOKENIZER", "VECTOR"),
                     help=argparse.SUPPRESS)  # the checkpoint writer, run as a child process

