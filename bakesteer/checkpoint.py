@@ -280,6 +280,24 @@ def stream_copy(src: Path, dst: Path, patches: list[tuple[int, bytes]] = (), pro
     return h_src.hexdigest(), h_out.hexdigest()
 
 
+def copy_hashed(src: Path, dst: Path, progress=None) -> str:
+    """Copy ``src`` into the new file ``dst`` in the kernel (copy_file_range, as cp does) while a worker
+    thread hashes ``src`` (unless its Hub-cache blob name is the hash); returns its sha256. The copy never
+    passes through Python's memory."""
+    known = blob_sha256(src)
+    with open(src, "rb") as fs, open(dst, "xb") as fd, ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(lambda: known or hash_file(src, progress))
+        try:
+            while os.copy_file_range(fs.fileno(), fd.fileno(), CHUNK):
+                pass
+        except OSError:  # no in-kernel copy between these files: copy through user space
+            fs.seek(fd.tell())
+            shutil.copyfileobj(fs, fd, CHUNK)
+        if known and progress is not None:
+            progress.update(fd.tell())
+        return digest.result()
+
+
 def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> str:
     """A small safetensors file (biases, vectors) created with the usual file mode; returns its sha256."""
     data = save({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata=metadata)
@@ -347,8 +365,10 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarr
     sha, src_sha = {}, {}
 
     def one(new: str, old: str) -> None:
-        if old in touched or not link:
-            src_sha[old], sha[new] = stream_copy(ckpt.root / old, out / new, touched.get(old, []), progress)
+        if old in touched:
+            src_sha[old], sha[new] = stream_copy(ckpt.root / old, out / new, touched[old], progress)
+        elif not link:
+            sha[new] = src_sha[old] = copy_hashed(ckpt.root / old, out / new, progress)
         else:
             link_file(ckpt.root / old, out / new)
             sha[new] = src_sha[old] = blob_sha256(ckpt.root / old) or hash_file(out / new, progress)

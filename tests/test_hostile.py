@@ -319,6 +319,7 @@ def test_write_failures_are_one_sentence_and_leave_nothing(world, capsys, monkey
     def fail(*a, **k):
         raise OSError(err, os.strerror(err))
     monkeypatch.setattr(checkpoint, "stream_copy", fail)
+    monkeypatch.setattr(checkpoint, "copy_hashed", fail)
     refused(capsys, bake_argv(world, src, world / "out"), match, world)
 
 

@@ -93,6 +93,27 @@ def test_link_mode_hard_links_untouched_shards_only(tmp_path):
         assert same == (old is not None), (new, old)  # every source shard linked; only the bias shard is new
 
 
+def test_a_copy_without_the_kernel_copy_falls_back_mid_file_and_records_the_same_hashes(tmp_path, monkeypatch):
+    make_model("llama").save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    bake(tmp_path / "src", _items("resid", (3,)), tmp_path / "kernel", progress=False)
+    real, calls = os.copy_file_range, []
+
+    def once_then_fail(src, dst, count, *a):  # the first chunk in the kernel, then EXDEV (another file system)
+        calls.append(count)
+        if len(calls) % 2 == 0:
+            raise OSError(18, "Invalid cross-device link")
+        return real(src, dst, min(count, 1000), *a)
+    monkeypatch.setattr(os, "copy_file_range", once_then_fail)
+    bake(tmp_path / "src", _items("resid", (3,)), tmp_path / "fallback", progress=False)
+    assert calls  # the kernel copy was tried, and failed part-way through each file
+    recs = [json.loads((tmp_path / d / "bakesteer.json").read_text()) for d in ("kernel", "fallback")]
+    assert recs[0]["sha256"] == recs[1]["sha256"] and recs[0]["source"]["sha256"] == recs[1]["source"]["sha256"]
+    weights = lambda d: {n: h for n, h in _file_hashes(tmp_path / d).items() if n != "bakesteer.json"}  # noqa: E731
+    assert weights("fallback") == weights("kernel")  # (the recipes differ in their output path)
+    shards = {n: hashlib.sha256((tmp_path / "fallback" / n).read_bytes()).hexdigest() for n in recs[1]["shards"]}
+    assert all(recs[1]["sha256"][n] == h for n, h in shards.items())  # the recorded hashes are the files'
+
+
 def test_a_killed_bake_leaves_no_output_and_the_next_run_cleans_up(tmp_path):
     from safetensors.torch import save_file
 
