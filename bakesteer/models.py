@@ -87,13 +87,54 @@ def _config_for_every_reader(path: Path) -> None:
         os.replace(tmp, path)
 
 
+def is_repo_id(value, owner: bool = True) -> bool:
+    """A Hub model id as huggingface_hub validates it (no '--', '..' or '.git'); ``owner``: of the form owner/name."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(value, str) or (owner and value.count("/") != 1):
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def base_model_arg(value: str | None) -> str | None:
+    """--base-model, checked before anything is read or written."""
+    if value is not None and not is_repo_id(value):
+        raise BakesteerError(f"--base-model {value!r} is not a Hub model id like owner/name (letters, digits, '-', "
+                             "'_', '.'); give the id of the model this bake was made from.")
+    return value
+
+
+def hub_snapshot(folder: Path) -> dict:
+    """The Hub id and revision of a Hub-cache snapshot folder (``.../models--owner--name/snapshots/<rev>``), else {}.
+
+    huggingface_hub names a model's cache folder "models--" + its id with "/" written "--"
+    (``file_download.repo_folder_name``), and a repo id never holds "--", so the name reads back unambiguously.
+    The folder as given is tried first, then with symlinks followed (a link to a snapshot).
+    """
+    for p in dict.fromkeys((Path(os.path.abspath(folder)), Path(folder).resolve())):
+        repo, snapshots = p.parent.parent.name, p.parent.name
+        hub_id = repo[len("models--"):].replace("--", "/")
+        if snapshots == "snapshots" and repo.startswith("models--") and is_repo_id(hub_id, owner=False):
+            return {"hub_id": hub_id, "revision": p.name}
+    return {}
+
+
 def resolve_model(model: str | None) -> tuple[Path, str, dict]:
-    """--model as (folder, short name, source record): a path, a Hub id in the local cache, or the default."""
+    """--model as (folder, short name, source record): a path, a Hub id in the local cache, or the default.
+
+    A folder that is a Hub-cache snapshot records the Hub id and revision its path names, as a Hub id does.
+    """
     if model is None:
         return ensure_default_model(), DEFAULT_NAME, {"default_model": DEFAULT_NAME, "weights": DEFAULT_WEIGHTS}
     p = Path(model)
     if p.is_dir():
-        return p, p.resolve().name, {}
+        hub = hub_snapshot(p)
+        return p, hub["hub_id"].rsplit("/", 1)[-1] if hub else p.resolve().name, hub
     if p.exists() or not HUB_ID.fullmatch(model):
         raise BakesteerError(f"model folder {model} does not exist; pass a folder that holds config.json.")
     from huggingface_hub import snapshot_download
@@ -106,7 +147,7 @@ def resolve_model(model: str | None) -> tuple[Path, str, dict]:
             f"{model} is neither a folder nor a model in the local Hub cache, and bakesteer never downloads: "
             f"download it first (`hf download {model}`), or pass its folder."
         ) from None
-    return snap, model.rsplit("/", 1)[-1], {"hub_id": model, "revision": snap.name}
+    return snap, model.rsplit("/", 1)[-1], hub_snapshot(snap) or {"hub_id": model, "revision": snap.name}
 
 
 def has_tokenizer(folder: Path) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .card import render
+from .card import render, with_base_model
 from .errors import BakesteerError
 from .paths import inside
 from .schema import check_verification
@@ -11,10 +11,11 @@ from .recipe import RECIPE, SIDE, VERIFIED, has_record, load_record
 
 
 def card_for(folder: Path, repo: str | None = None, verify_first: bool = True, progress: bool = False,
-             record: bool = True) -> str:
+             record: bool = True, base_model: str | None = None) -> str:
     """The model card with the verify figures; runs `verify` first when the folder has none yet.
 
     ``record``: keep the figures in the folder (``verify.json`` and README.md); a dry run writes nothing.
+    ``base_model``: the Hub id the card names as the base model, in place of the recorded one.
     """
     from .verify import record_verification, verification_doc, verify
 
@@ -28,7 +29,7 @@ def card_for(folder: Path, repo: str | None = None, verify_first: bool = True, p
             verification = read_verification(done) if done.is_file() else None
         else:
             verification = verification_doc(report)
-    return render(rec.recipe, verification, repo)
+    return render(with_base_model(rec.recipe, base_model), verification, repo)
 
 
 def read_verification(path: Path) -> dict:
@@ -56,16 +57,23 @@ def files_to_push(folder: Path) -> list[str]:
 
 
 def _check_repo_id(repo: str) -> None:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from .models import is_repo_id
 
-    try:
-        if repo.count("/") != 1:
-            raise HFValidationError("not of the form user/name")
-        validate_repo_id(repo)
-    except HFValidationError:
+    if not is_repo_id(repo):
         raise BakesteerError(f"--repo {repo!r} is not a Hub id like user/name (letters, digits, '-', '_', '.'); give "
-                             "the repository to push to.") from None
+                             "the repository to push to.")
+
+
+def _record_base_model(folder: Path, base_model: str) -> None:
+    """Keep a push's --base-model in ``bakesteer.json`` too, so a later `verify` writes the same card."""
+    import json
+    import os
+
+    rec = load_record(folder)
+    path = folder / RECIPE
+    tmp = path.with_name(f".{RECIPE}.{os.getpid()}")
+    tmp.write_text(json.dumps(with_base_model(rec.recipe, base_model), indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _network_error(e: Exception) -> bool:
@@ -73,30 +81,46 @@ def _network_error(e: Exception) -> bool:
     return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
 
 
+def _check_push(folder: Path, repo: str, force: bool, base_model: str | None) -> bool:
+    """Refuse a push that cannot be done before anything is read or written; True: ``folder`` is a bake."""
+    from .models import base_model_arg
+
+    if not folder.is_dir():
+        raise BakesteerError(f"{folder} is not a folder; give a folder written by `bakesteer bake`.")
+    _check_repo_id(repo)
+    base_model_arg(base_model)
+    baked = has_record(folder)
+    if not baked and not force:
+        raise BakesteerError(f"{folder} has no {RECIPE}, so it is not a bakesteer output; bake it first, or pass "
+                             "--force to push it as it is.")
+    if not baked and base_model:
+        raise BakesteerError(f"--base-model sets the base model in a bake's model card, and {folder} is not a "
+                             "bakesteer output; edit its README.md front matter instead.")
+    return baked
+
+
 def push(folder: str | Path, repo: str, private: bool = False, revision: str | None = None, dry_run: bool = False,
-         force: bool = False, progress: bool = True) -> tuple[str, list[str], str | None]:
+         force: bool = False, progress: bool = True,
+         base_model: str | None = None) -> tuple[str, list[str], str | None]:
     """Write the card, then create the repo (if needed) and upload the folder. Returns (card, files, url).
 
+    ``base_model``: the Hub id the card names as the base model (recorded in ``bakesteer.json`` too).
     A dry run writes nothing, locally or on the Hub.
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise BakesteerError(f"{folder} is not a folder; give a folder written by `bakesteer bake`.")
-    _check_repo_id(repo)
-    baked = has_record(folder)
-    if not baked and not force:
-        raise BakesteerError(f"{folder} has no {RECIPE}, so it is not a bakesteer output; bake it first, or pass "
-                             "--force to push it as it is.")
+    baked = _check_push(folder, repo, force, base_model)
     files = files_to_push(folder)
     token = None if dry_run else get_token()
     if not dry_run and not token:
         raise BakesteerError(
             "no Hugging Face token found; log in with `hf auth login` (or set HF_TOKEN) and push again.")
     if baked:
-        card = card_for(folder, repo, progress=progress, record=not dry_run)
+        if base_model and not dry_run:
+            _record_base_model(folder, base_model)
+        card = card_for(folder, repo, progress=progress, record=not dry_run, base_model=base_model)
     else:  # --force on a folder that is not a bake: pushed as it is
         card = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
     if dry_run:

@@ -99,6 +99,13 @@ def sha256(value, path: str) -> None:
         raise ValueError(f"{path} is a malformed hash")
 
 
+def hub_model_id(value, path: str) -> None:
+    from .models import is_repo_id
+
+    if value is not None and not is_repo_id(value):
+        raise ValueError(f"{path} is not a Hub model id like owner/name")
+
+
 def bias_name(value, path: str) -> None:
     if not isinstance(value, str) or re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+\.bias", value) is None:
         raise ValueError(f"{path} is not the name of a bias tensor")
@@ -145,7 +152,7 @@ RECIPE = {
     "files_left_out": Opt([str]),
     "bakes": Opt(int),
     "source": {"path": str, "hub_id": Opt((str, Null)), "default_model": Opt((str, Null)),
-               "weights": Opt(str), "sha256": Opt(_hashes)},
+               "base_model": Opt(hub_model_id), "weights": Opt(str), "sha256": Opt(_hashes)},
     "written": {"model_type": Opt((str, Null)), "architectures": Opt(_names),
                 "relabelled_from": (str, Null), "flags_switched_on": [str]},
 }

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 
 from bakesteer.card import DEFAULT_HUB_ID
 from bakesteer.cli import main
-from helpers import refused
+from helpers import refused, snapshot
 from tiny import HIDDEN, save_char_tokenizer, save_model
 
 
@@ -109,6 +109,42 @@ def test_bad_pushes(hub, baked, tmp_path, capsys, monkeypatch):
     refused(capsys, ["push", str(baked), "--repo", "u/n", "-q"], "the Hub refused the upload")
     monkeypatch.delenv("HF_TOKEN")
     refused(capsys, ["push", str(baked), "--repo", "u/n", "-q"], "hf auth login")
+
+
+def test_dry_run_base_model_sets_the_front_matter(hub, baked, capsys):
+    """A bake of a plain local folder names no base model; push --base-model names it, and a dry run writes nothing."""
+    assert ModelCard.load(baked / "README.md").data.base_model is None
+    before = snapshot(baked)
+    capsys.readouterr()
+    assert main(["push", str(baked), "--repo", "u/n", "--dry-run", "--base-model", "someone/base-1B", "-q"]) == 0
+    card = ModelCard(capsys.readouterr().out.split("\nwould upload")[0])
+    assert card.data.base_model == "someone/base-1B" and card.data.base_model_relation == "finetune"
+    assert "Base model: [someone/base-1B](https://huggingface.co/someone/base-1B)." in card.text
+    assert not [p for _, p, _ in hub.requests if p.startswith("/api/")] and snapshot(baked) == before
+
+
+def test_push_base_model_is_uploaded_and_recorded(hub, baked):
+    from bakesteer.card import render
+    from bakesteer.recipe import load_record
+
+    assert main(["push", str(baked), "--repo", "u/n", "--base-model", "someone/base-1B", "-q"]) == 0
+    uploaded = ModelCard(hub.committed()["README.md"].decode())
+    assert uploaded.data.base_model == "someone/base-1B" and uploaded.data.base_model_relation == "finetune"
+    recipe = load_record(baked).recipe  # kept in the record, so a later `verify` writes the same card
+    assert recipe["source"]["base_model"] == "someone/base-1B"
+    assert ModelCard(render(recipe)).data.base_model == "someone/base-1B"
+    assert json.loads(hub.committed()["bakesteer.json"])["source"]["base_model"] == "someone/base-1B"
+
+
+def test_push_refuses_a_bad_base_model(hub, baked, tmp_path, capsys):
+    refused(capsys, ["push", str(baked), "--repo", "u/n", "--dry-run", "--base-model", "no-slash"],
+            "is not a Hub model id like owner/name", baked)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "README.md").write_text("# not a bake\n")
+    refused(capsys, ["push", str(plain), "--repo", "u/n", "--force", "--base-model", "someone/x"],
+            "is not a bakesteer output; edit its README.md", plain)
+    assert not hub.requests
 
 
 def test_smollm2_dry_run_card(tmp_path, smollm2, monkeypatch, capsys):
