@@ -34,7 +34,26 @@ Layout = Literal["linear", "conv1d"]  # nn.Linear weight (out, in); GPT-2 Conv1D
 Group = Literal["qkv", "o", "mlp"]  # what a runtime reads or drops together
 Support = Literal["yes", "ignored", "refused", "unknown"]
 GROUPS: tuple[Group, ...] = ("qkv", "o", "mlp")
-RUNTIMES = ("transformers", "vLLM", "llama.cpp", "MLX-LM", "TGI", "SGLang", "ExLlamaV2")
+RUNTIMES = ("transformers", "vLLM", "llama.cpp", "MLX-LM", "TGI", "SGLang", "ExLlamaV2", "CTranslate2",
+            "ONNX Runtime")
+# How a cell of the runtime table is known: measured (the runtime ran bakes in this test module, for the groups
+# each family's ``measured`` names), else read from this source
+RUNTIME_TESTS: Mapping[str, str] = MappingProxyType({
+    "transformers": "tests/test_equivalence.py", "llama.cpp": "tests/test_llamacpp.py", "MLX-LM": "tests/test_mlx.py",
+    "CTranslate2": "tests/test_ctranslate2.py", "ONNX Runtime": "tests/test_onnxruntime.py",
+})
+READ_FROM: Mapping[str, str] = MappingProxyType({
+    "transformers": "transformers 5's modeling_<family>.py",
+    "vLLM": "vllm/model_executor/models/<family>.py (version not recorded)",
+    "llama.cpp": "llama.cpp's src/llama-model.cpp, the tensors each architecture creates (as vendored by "
+                 "llama-cpp-python 0.3.36)",
+    "MLX-LM": "mlx_lm/models/<family>.py (0.32.2)",
+    "TGI": "text_generation_server/models/custom_modeling/flash_<family>_modeling.py (version not recorded)",
+    "SGLang": "sglang/srt/models/<family>.py (version not recorded)",
+    "ExLlamaV2": "exllamav2/architecture.py and its module loaders (version not recorded)",
+    "CTranslate2": "ctranslate2/converters/transformers.py (4.8.5)",
+    "ONNX Runtime": "onnxruntime_genai/models/builder.py and builders/ (0.18.0)",
+})
 
 
 def _frozen(m: Mapping) -> Mapping:
@@ -108,10 +127,11 @@ class Arch:
     approx: Approx | None = None  # how a site with no exact fold is approximated on request
     gguf: Gguf | None = None  # the llama.cpp form, where bakesteer bakes GGUF files of this family
     runtimes: Mapping[str, Mapping[Group, Support]] = field(default_factory=dict)  # of a checkpoint written as it
+    measured: Mapping[str, tuple[Group, ...]] = field(default_factory=dict)  # runtime -> groups run in RUNTIME_TESTS
     notes: Mapping[tuple[str, Group], str] = field(default_factory=dict)  # (runtime, group) -> what a bake says
 
     def __post_init__(self) -> None:
-        for name in ("linears", "sites", "groups", "defaults", "runtimes", "notes"):
+        for name in ("linears", "sites", "groups", "defaults", "runtimes", "measured", "notes"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         assert set(self.groups) == set(self.linears), self.name
 
@@ -222,11 +242,28 @@ _ALL = _g(Y, Y, Y)
 
 def _rt(**by_runtime: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
     """Support per runtime (keyword names: the runtime with '-', '.' and case dropped)."""
-    return {rt: by_runtime[rt.replace("-", "").replace(".", "").lower()] for rt in RUNTIMES}
+    return {rt: by_runtime[rt.replace("-", "").replace(".", "").replace(" ", "").lower()] for rt in RUNTIMES}
 
 
 def _everywhere(row: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
     return {rt: row for rt in RUNTIMES}
+
+
+def _ran(**by_runtime: tuple[Group, ...]) -> dict[str, tuple[Group, ...]]:
+    """The groups measured per runtime (keyword names as in ``_rt``); transformers runs every family's bakes."""
+    named = {rt.replace("-", "").replace(".", "").replace(" ", "").lower(): rt for rt in RUNTIMES}
+    return {"transformers": GROUPS, **{named[k]: v for k, v in by_runtime.items()}}
+
+
+QKV_O: tuple[Group, ...] = ("qkv", "o")
+_CT2_GEMMA = {("CTranslate2", g): "CTranslate2 4.8.5's Gemma and Gemma 2 converters copy the q/k/v/o weights only: "
+                                  "the converted model is the unbaked one" for g in QKV_O}
+
+
+def _rt_only(**by_runtime: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
+    """Rows for some runtimes only (keyword names as in ``_rt``), to override a shared row."""
+    named = {rt.replace("-", "").replace(".", "").replace(" ", "").lower(): rt for rt in RUNTIMES}
+    return {named[k]: v for k, v in by_runtime.items()}
 
 
 ARCHS: Mapping[str, Arch] = MappingProxyType({
@@ -246,7 +283,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             dims=("n_embd", "n_layer"), context="n_positions",
             gguf=Gguf("gpt2", {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up",
                                "mlp.c_proj": "ffn_down"}, {"n_embd": "embedding_length", "n_layer": "block_count"}),
-            runtimes=_everywhere(_ALL),
+            runtimes={**_everywhere(_ALL), **_rt_only(ctranslate2=_ALL, onnxruntime=_g(R, R, R))},
+            measured=_ran(llamacpp=("qkv", "mlp"), ctranslate2=GROUPS, onnxruntime=GROUPS),
         ),
         Arch(
             "gpt_neox", ("gpt_neox",), ("GPTNeoXForCausalLM",), "gpt_neox.layers", "linear",
@@ -267,12 +305,16 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
              "mlp.dense_4h_to_h": "mlp"},
             defaults={"attention_bias": True},
             runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_g(U, U, U), mlxlm=_ALL, tgi=_ALL,
-                         sglang=_g(U, U, Y), exllamav2=_g(U, U, U)),
+                         sglang=_g(U, U, Y), exllamav2=_g(U, U, U), ctranslate2=_g(R, R, R), onnxruntime=_g(R, R, R)),
+            measured=_ran(ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={("CTranslate2", g): "CTranslate2 4.8.5's converter refuses every GPT-NeoX under transformers 5 "
+                                       "(it reads config.rotary_pct), baked or not" for g in GROUPS},
         ),
         Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES,
              _LLAMA_GROUPS, defaults=_NO_BIAS, gguf=Gguf("llama", _LLAMA_GGUF_NAMES, _GGUF_DIMS),
              runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL, sglang=_g(Y, Y, I),
-                          exllamav2=_ALL),
+                          exllamav2=_ALL, ctranslate2=_ALL, onnxruntime=_ALL),
+             measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
              notes={("SGLang", "mlp"): "SGLang builds Llama's MLP without biases: a resid/mlp bake loads but does "
                                        "nothing"}),
         Arch(
@@ -282,7 +324,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             gguf=Gguf("granite", _LLAMA_GGUF_NAMES, {**_GGUF_DIMS, "residual_multiplier": "residual_scale"}),
             # llama.cpp: q/k/v and MLP run in tests/test_llamacpp.py; o (wo_b, optional) read from its granite graph
             runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL,
-                         sglang=_g(I, I, I), exllamav2=_ALL),
+                         sglang=_g(I, I, I), exllamav2=_ALL, ctranslate2=_g(R, R, R), onnxruntime=_ALL),
+            measured=_ran(llamacpp=("qkv", "mlp"), ctranslate2=GROUPS, onnxruntime=GROUPS),
         ),
         Arch(
             "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
@@ -301,29 +344,42 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             # llama.cpp's qwen2 creates the q/k/v biases only: a GGUF bakes attn_in and refuses the rest
             gguf=Gguf("qwen2", {m: _LLAMA_GGUF_NAMES[m] for m in _QKV}, _GGUF_DIMS),
             runtimes=_everywhere(_g(Y, U, U)),
+            measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),
         ),
         Arch("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
              _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(Y, I, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
-                          tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U)),
+                          tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(Y, Y, U),
+                          onnxruntime=_g(Y, Y, U)),
+             measured=_ran(ctranslate2=QKV_O, onnxruntime=QKV_O),
              notes={("vLLM", "o"): "vLLM's Qwen3 builds o_proj with bias=False: an attn_out or approximate bake is "
                                    "dropped"}),
         Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
              _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(I, I, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
-                          tgi=_g(I, I, U), sglang=_g(I, I, U), exllamav2=_g(Y, Y, U))),
+                          tgi=_g(I, I, U), sglang=_g(I, I, U), exllamav2=_g(Y, Y, U), ctranslate2=_g(I, I, U),
+                          onnxruntime=_g(Y, Y, U)),
+             measured=_ran(ctranslate2=QKV_O, onnxruntime=QKV_O),
+             notes=_CT2_GEMMA),
         Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES,
              _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(Y, Y, U), llamacpp=_g(U, U, U), mlxlm=_g(R, R, R),
-                          tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(Y, Y, U))),
+                          tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(Y, Y, U), ctranslate2=_g(I, I, U),
+                          onnxruntime=_g(Y, Y, U)),
+             measured=_ran(ctranslate2=QKV_O, onnxruntime=QKV_O),
+             notes=_CT2_GEMMA),
         Arch("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
              _SANDWICH_SITES, _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(Y, Y, U), llamacpp=_g(U, U, U), mlxlm=_g(R, R, R),
-                          tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U))),
+                          tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(Y, Y, U),
+                          onnxruntime=_g(R, R, R)),
+             measured=_ran(ctranslate2=QKV_O, onnxruntime=GROUPS)),
         Arch("olmo2", ("olmo2",), ("Olmo2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
              _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(I, I, U), llamacpp=_g(U, U, U), mlxlm=_ALL,
-                          tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U))),
+                          tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(R, R, R),
+                          onnxruntime=_g(R, R, R)),
+             measured=_ran(ctranslate2=GROUPS, onnxruntime=GROUPS)),
     ]
 })
 

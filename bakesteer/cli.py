@@ -9,7 +9,7 @@ from pathlib import Path
 from .cli_eval import register as register_eval_commands
 from .cli_vectors import register as register_vector_commands
 from .errors import BakesteerError
-from .numbers import coefs_arg, layers_arg
+from .numbers import bake_coefs_arg, layers_arg
 from .portability import for_recipe, support, warnings
 from .report import approx_lines
 
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--layer", "--layers", dest="layer", action="append", type=layers_arg, required=True,
                    help=LAYER_HELP)
     b.add_argument("--site", help="attn_in, mlp_in, attn_out, mlp_out or resid (default: the file's, else resid)")
-    b.add_argument("--coef", "--coefs", dest="coef", action="append", type=coefs_arg,
+    b.add_argument("--coef", "--coefs", dest="coef", action="append", type=bake_coefs_arg,
                    help="coefficient per --vector, or one for all ('4', or '4,2' for two vectors; default: the "
                         "file's suggestion, else 1)")
     b.add_argument("--base-model", metavar="OWNER/NAME",

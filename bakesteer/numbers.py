@@ -33,15 +33,17 @@ def parse_layers(text: str, what: str = "layer list") -> list[int]:
     return out
 
 
-def parse_coefs(text: str, what: str = "coefficient list") -> list[float]:
-    """'4', '1,2,4' or '-4,-1,1,4' as finite floats."""
+def parse_coefs(text: str, what: str = "coefficient list", finite: bool = True) -> list[float]:
+    """'4', '1,2,4' or '-4,-1,1,4' as floats (finite ones unless ``finite`` is False: the caller refuses the rest
+    with its own sentence)."""
     out: list[float] = []
     for part in str(text).split(","):
         try:
             v = float(part.strip())
         except ValueError:
             v = math.nan
-        if not math.isfinite(v):
+            finite = True
+        if finite and not math.isfinite(v):
             raise BakesteerError(f"{what} {text!r} does not parse; give finite numbers like 4, 1,2,4 or -4,-1,1,4.")
         out.append(v)
     return out
@@ -60,3 +62,4 @@ def _as_arg(parse: Callable[[str], list]) -> Callable[[str], list]:
 
 layers_arg = _as_arg(parse_layers)
 coefs_arg = _as_arg(parse_coefs)
+bake_coefs_arg = _as_arg(lambda text: parse_coefs(text, finite=False))  # bake refuses nan/inf in one sentence

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from bakesteer.arch import ARCHS, GROUPS, RUNTIMES, NEVER
+from bakesteer.arch import ARCHS, GROUPS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "scripts" / "results"
@@ -183,13 +183,17 @@ def _has_group(family: str, group: str) -> bool:
     return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
 
 
+def _name(family: str, group: str, rt: str) -> str:
+    """The runtime's name, in bold where its cell was measured (a test ran bakes in it)."""
+    return f"**{rt}**" if group in ARCHS[family].measured.get(rt, ()) else rt
+
+
 def _cell(family: str, group: str) -> str:
     if not _has_group(family, group):
         return "–"
     rows = ARCHS[family].runtimes
-    by = {v: [rt for rt in RUNTIMES if rows[rt][group] == v] for v in ("yes", "ignored", "refused", "unknown")}
-    if len(by["yes"]) == len(RUNTIMES):
-        return "all seven"
+    by = {v: [_name(family, group, rt) for rt in RUNTIMES if rows[rt][group] == v]
+          for v in ("yes", "ignored", "refused", "unknown")}
     parts = [", ".join(by["yes"]) or "none"]
     parts += [f"{', '.join(by[v])} {VERBS[v][len(by[v]) > 1]}" for v in VERBS if by[v]]
     return "; ".join(parts)
@@ -202,10 +206,21 @@ def portability() -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def runtime_evidence() -> str:
+    """Per runtime: where its cells were measured, and what the others were read from."""
+    lines = ["| runtime | measured (bold cells) in | other cells read from |", "|---|---|---|"]
+    for rt in RUNTIMES:
+        ran = [FAMILY_TITLE.get(f, f).split(" (")[0] for f, a in ARCHS.items() if a.measured.get(rt)]
+        where = f"`{RUNTIME_TESTS[rt]}`: {', '.join(ran)}" if rt in RUNTIME_TESTS else "not run here"
+        lines.append(f"| {rt} | {where} | {READ_FROM[rt]} |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def headline() -> str:
-    """The runtimes that read every bias group of the default model's family (Llama)."""
-    rows = ARCHS["llama"].runtimes
-    names = [rt for rt in RUNTIMES if all(rows[rt][g] == "yes" for g in GROUPS)]
+    """The runtimes measured reading every bias group of the default model's family (Llama)."""
+    llama = ARCHS["llama"]
+    names = [rt for rt in RUNTIMES if all(llama.runtimes[rt][g] == "yes" for g in GROUPS)
+             and set(llama.measured.get(rt, ())) == set(GROUPS)]
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -213,6 +228,7 @@ GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-ro
                                             "bench-extract": bench_extract, "test-time": test_time,
                                             "setup-time": setup_time,
                                             "portability": portability, "headline": headline,
+                                            "runtime-evidence": runtime_evidence,
                                             "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake,
                                             "bench-approx": bench_approx, "inference": inference,
                                             "eval-time": eval_time}

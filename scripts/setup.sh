@@ -28,13 +28,16 @@ bakesteer bake --vector love.svec --layer 5 -o exported/setup-check --force --qu
 bakesteer verify exported/setup-check --quiet
 t_report=$(date +%s)
 
-step oracles "3/3 test-only oracles: the peer libraries, then llama.cpp from source"
+step oracles "3/3 test-only oracles: the peer libraries, MLX-LM, CTranslate2, ONNX Runtime, then llama.cpp"
 # scikit-learn before the peers, so that pip's resolver never sees their pins (they conflict with NumPy 2 and
 # transformers 5, and the tests need neither pin); the peers themselves go in with --no-deps.
 "$PY" -m pip install --quiet scikit-learn
 "$PY" -m pip install --quiet --no-deps repeng==0.4.0 steering-vectors==0.12.2
 # MLX-LM, a runtime the tests run bakes in (CPU wheels; tests/test_mlx.py skips without it)
 "$PY" -m pip install --quiet -e ".[mlx]" || echo "setup: MLX-LM did not install; tests/test_mlx.py will skip."
+# CTranslate2 and ONNX Runtime (onnxruntime-genai's model builder), runtimes the tests run bakes in (CPU wheels)
+"$PY" -m pip install --quiet -e ".[ctranslate2,onnx]" \
+  || echo "setup: CTranslate2 or ONNX Runtime did not install; tests/test_ctranslate2.py and tests/test_onnxruntime.py will skip."
 if ! "$PY" scripts/get_llamacpp.py; then
   echo "setup: llama.cpp is not available; the main job is done, and the tests that need llama.cpp" \
        "(tests/test_llamacpp.py) will skip."

@@ -67,3 +67,20 @@ def hooked_vs_baked(source, baked, steers: list[Steer], ids: torch.Tensor, refer
     with steering(source, steers):
         g_hooked = greedy(source, ids)
     return float((baked_l - hooked).abs().max()), float((hooked - plain).abs().max()), g_hooked, greedy(baked, ids)
+
+
+def the_table_says(runtime: str, measured: dict[str, str]) -> None:
+    """bakesteer's runtime table agrees with what a runtime test measured (family -> yes / ignored / refused):
+    each family it ran is marked measured for ``runtime`` with that verdict, and no other family is."""
+    from bakesteer.arch import ARCHS
+
+    for family, verdict in measured.items():
+        arch = ARCHS[family]
+        if not arch.runtimes:  # relabelled on every bake (Mistral): its rows are the target family's
+            continue
+        groups = arch.measured.get(runtime, ())
+        assert groups, f"{runtime} ran {family} bakes here, but the table does not mark the family measured"
+        wrong = {g: arch.runtimes[runtime][g] for g in groups if arch.runtimes[runtime][g] != verdict}
+        assert not wrong, f"the table says {runtime} {wrong} for {family}; this test measured {verdict}"
+    claimed = {f for f, a in ARCHS.items() if a.measured.get(runtime)}
+    assert claimed <= set(measured), f"the table marks {sorted(claimed - set(measured))} measured in {runtime}"

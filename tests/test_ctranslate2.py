@@ -25,6 +25,7 @@ from bakesteer.arch import ARCHS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
 from bakesteer.vectors import load_vector_file
+from helpers import the_table_says
 from tiny import CONFIGS, HIDDEN, LAYERS, make_model, save_char_tokenizer
 
 ct2 = pytest.importorskip("ctranslate2", reason="CTranslate2 is not installed (pip install ctranslate2==4.8.5)")
@@ -107,9 +108,12 @@ def _tiny_bake(src: Path, site: str, out: Path) -> Path:
     return out
 
 
-def test_every_table_family_has_a_verdict():
-    """A family added to bakesteer's table must be run here, or its drop or refusal shown."""
+def test_every_table_family_has_a_verdict_and_the_table_agrees():
+    """A family added to bakesteer's table must be run here, or its drop or refusal shown; the table's
+    CTranslate2 cells are these verdicts, marked measured."""
     assert set(KEPT) | set(DROPPED) | set(REFUSED) == set(ARCHS)
+    the_table_says("CTranslate2", {**{f: "yes" for f in KEPT}, **{f: "ignored" for f in DROPPED},
+                                   **{f: "refused" for f in REFUSED}})
 
 
 @pytest.mark.parametrize("name,site", _sites(KEPT))

@@ -22,6 +22,7 @@ from bakesteer.vectors import load_vector_file
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
 from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite  # noqa: E402
+from helpers import the_table_says  # noqa: E402
 from tiny import HIDDEN, make_model  # noqa: E402
 
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
@@ -42,7 +43,7 @@ def _hf_plain_and_hooked(model, ids: list[int], steer: Steer | list[Steer]) -> t
             return base, model(x).logits[0].double().numpy()
 
 
-@pytest.mark.parametrize("site", ["resid", "attn_in"])
+@pytest.mark.parametrize("site", ["resid", "attn_in", "attn_out"])
 def test_converted_bake_runs_in_llamacpp(tmp_path, smollm2, smollm2_model, smollm2_tok, site):
     steer = _love(site)
     bake(smollm2, [Item(steer, {})], tmp_path / "baked", progress=False)
@@ -164,3 +165,8 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
     tol = max(1e-4, 2 * own)
     assert np.abs(logits(load(tmp_path / "baked.gguf"), ids) - hooked).max() <= tol
     assert np.abs(hooked - plain).max() >= 100 * tol
+
+
+def test_the_table_marks_these_families_measured_in_llamacpp():
+    """SmolLM2 (Llama: q/k/v, o and MLP above), Granite (q/k/v, MLP), Qwen2 (q/k/v), GPT-2 (q/k/v, MLP)."""
+    the_table_says("llama.cpp", {"llama": "yes", "granite": "yes", "qwen2": "yes", "gpt2": "yes"})

@@ -25,6 +25,7 @@ from bakesteer.arch import ARCHS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
 from bakesteer.vectors import load_vector_file
+from helpers import the_table_says
 from tiny import CONFIGS, HIDDEN, make_model, save_char_tokenizer
 
 og = pytest.importorskip("onnxruntime_genai", reason="needs `pip install onnxruntime-genai onnx onnx_ir`")
@@ -104,8 +105,9 @@ def tiny_source(tmp_path_factory) -> Callable[[str], tuple[Path, np.ndarray]]:
     return get
 
 
-def test_every_family_is_classified():
+def test_every_family_is_classified_and_the_table_agrees():
     assert set(BUILT) | set(NOT_BUILT) == set(ARCHS) and not set(BUILT) & set(NOT_BUILT)
+    the_table_says("ONNX Runtime", {**{f: "yes" for f in BUILT}, **{f: "refused" for f in NOT_BUILT}})
 
 
 @pytest.mark.parametrize("site", ["resid", "attn_in"])
