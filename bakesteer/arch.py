@@ -260,6 +260,15 @@ _CT2_GEMMA = {("CTranslate2", g): "CTranslate2 4.8.5's Gemma and Gemma 2 convert
                                   "the converted model is the unbaked one" for g in QKV_O}
 
 
+def _no_family(runtime: str, family: str, why: str) -> dict[tuple[str, Group], str]:
+    """Notes for a runtime that refuses every checkpoint of the family, baked or not."""
+    return {(runtime, g): f"{runtime} refuses every {family} checkpoint, baked or not ({why})" for g in GROUPS}
+
+
+_NO_GENAI_BUILDER = "onnxruntime-genai 0.18.0's builder has no model for it"
+_NO_CT2_LOADER = "CTranslate2 4.8.5's converter has no loader for it"
+
+
 def _rt_only(**by_runtime: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
     """Rows for some runtimes only (keyword names as in ``_rt``), to override a shared row."""
     named = {rt.replace("-", "").replace(".", "").replace(" ", "").lower(): rt for rt in RUNTIMES}
@@ -283,8 +292,11 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             dims=("n_embd", "n_layer"), context="n_positions",
             gguf=Gguf("gpt2", {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up",
                                "mlp.c_proj": "ffn_down"}, {"n_embd": "embedding_length", "n_layer": "block_count"}),
-            runtimes={**_everywhere(_ALL), **_rt_only(ctranslate2=_ALL, onnxruntime=_g(R, R, R))},
-            measured=_ran(llamacpp=("qkv", "mlp"), ctranslate2=GROUPS, onnxruntime=GROUPS),
+            runtimes={**_everywhere(_ALL), **_rt_only(mlxlm=_g(R, R, R), ctranslate2=_ALL, onnxruntime=_g(R, R, R))},
+            measured=_ran(llamacpp=("qkv", "mlp"), mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**_no_family("MLX-LM", "GPT-2", "0.32.2 wants n_ctx and unprefixed keys, which transformers 5 "
+                                                   "does not write"),
+                   **_no_family("ONNX Runtime", "GPT-2", _NO_GENAI_BUILDER)},
         ),
         Arch(
             "gpt_neox", ("gpt_neox",), ("GPTNeoXForCausalLM",), "gpt_neox.layers", "linear",
@@ -304,11 +316,12 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {"attention.query_key_value": "qkv", "attention.dense": "o", "mlp.dense_h_to_4h": "mlp",
              "mlp.dense_4h_to_h": "mlp"},
             defaults={"attention_bias": True},
-            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_g(U, U, U), mlxlm=_ALL, tgi=_ALL,
+            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_g(U, U, U), mlxlm=_g(R, R, R), tgi=_ALL,
                          sglang=_g(U, U, Y), exllamav2=_g(U, U, U), ctranslate2=_g(R, R, R), onnxruntime=_g(R, R, R)),
-            measured=_ran(ctranslate2=GROUPS, onnxruntime=GROUPS),
-            notes={("CTranslate2", g): "CTranslate2 4.8.5's converter refuses every GPT-NeoX under transformers 5 "
-                                       "(it reads config.rotary_pct), baked or not" for g in GROUPS},
+            measured=_ran(mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**{k: v for rt in ("CTranslate2", "MLX-LM") for k, v in _no_family(
+                       rt, "GPT-NeoX", "it reads rotary_pct, which transformers 5 moved into rope_parameters").items()},
+                   **_no_family("ONNX Runtime", "GPT-NeoX", _NO_GENAI_BUILDER)},
         ),
         Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES,
              _LLAMA_GROUPS, defaults=_NO_BIAS, gguf=Gguf("llama", _LLAMA_GGUF_NAMES, _GGUF_DIMS),
@@ -325,7 +338,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             # llama.cpp: q/k/v and MLP run in tests/test_llamacpp.py; o (wo_b, optional) read from its granite graph
             runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL,
                          sglang=_g(I, I, I), exllamav2=_ALL, ctranslate2=_g(R, R, R), onnxruntime=_ALL),
-            measured=_ran(llamacpp=("qkv", "mlp"), ctranslate2=GROUPS, onnxruntime=GROUPS),
+            measured=_ran(llamacpp=("qkv", "mlp"), mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes=_no_family("CTranslate2", "Granite", _NO_CT2_LOADER),
         ),
         Arch(
             "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
@@ -351,7 +365,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
              runtimes=_rt(transformers=_ALL, vllm=_g(Y, I, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
                           tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(Y, Y, U),
                           onnxruntime=_g(Y, Y, U)),
-             measured=_ran(ctranslate2=QKV_O, onnxruntime=QKV_O),
+             measured=_ran(mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
              notes={("vLLM", "o"): "vLLM's Qwen3 builds o_proj with bias=False: an attn_out or approximate bake is "
                                    "dropped"}),
         Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
@@ -359,27 +373,31 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
              runtimes=_rt(transformers=_ALL, vllm=_g(I, I, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
                           tgi=_g(I, I, U), sglang=_g(I, I, U), exllamav2=_g(Y, Y, U), ctranslate2=_g(I, I, U),
                           onnxruntime=_g(Y, Y, U)),
-             measured=_ran(ctranslate2=QKV_O, onnxruntime=QKV_O),
+             measured=_ran(mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
              notes=_CT2_GEMMA),
         Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES,
              _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(Y, Y, U), llamacpp=_g(U, U, U), mlxlm=_g(R, R, R),
                           tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(Y, Y, U), ctranslate2=_g(I, I, U),
                           onnxruntime=_g(Y, Y, U)),
-             measured=_ran(ctranslate2=QKV_O, onnxruntime=QKV_O),
+             measured=_ran(mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
              notes=_CT2_GEMMA),
         Arch("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
              _SANDWICH_SITES, _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(Y, Y, U), llamacpp=_g(U, U, U), mlxlm=_g(R, R, R),
                           tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(Y, Y, U),
                           onnxruntime=_g(R, R, R)),
-             measured=_ran(ctranslate2=QKV_O, onnxruntime=GROUPS)),
+             measured=_ran(mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=GROUPS),
+             notes=_no_family("ONNX Runtime", "Gemma3", "its builder reads rope_parameters['rope_type'], which "
+                                                        "transformers 5 nests per layer type")),
         Arch("olmo2", ("olmo2",), ("Olmo2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
              _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
              runtimes=_rt(transformers=_ALL, vllm=_g(I, I, U), llamacpp=_g(U, U, U), mlxlm=_ALL,
                           tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(R, R, R),
                           onnxruntime=_g(R, R, R)),
-             measured=_ran(ctranslate2=GROUPS, onnxruntime=GROUPS)),
+             measured=_ran(mlxlm=QKV_O, ctranslate2=GROUPS, onnxruntime=GROUPS),
+             notes={**_no_family("CTranslate2", "OLMo2", _NO_CT2_LOADER),
+                    **_no_family("ONNX Runtime", "OLMo2", _NO_GENAI_BUILDER)}),
     ]
 })
 

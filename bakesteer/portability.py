@@ -47,7 +47,7 @@ def warnings(family: str, groups: list[str]) -> list[str]:
                 out += noted
             elif hit:
                 out.append(f"{rt} {verb} the {'/'.join(hit)} biases of {family} that this bake wrote")
-    return out
+    return list(dict.fromkeys(out))  # a note shared by several groups, once
 
 
 def for_recipe(recipe: dict) -> tuple[str, list[Group]]:

@@ -34,6 +34,7 @@ from bakesteer.bake import Item, bake
 from bakesteer.configs import for_every_reader
 from bakesteer.hooks import Steer
 from bakesteer.vectors import load_vector_file
+from helpers import the_table_says
 from tiny import CONFIGS, HIDDEN, make_model
 
 mx = pytest.importorskip("mlx.core", reason="MLX-LM runs on the CPU with `pip install 'mlx[cpu]' mlx-lm`")
@@ -145,7 +146,7 @@ def _tiny_bake(src: Path, site: str, out: Path) -> Path:
     return out
 
 
-def test_every_table_family_has_a_verdict():
+def test_every_table_family_has_a_verdict_and_the_table_agrees():
     """A family added to bakesteer's table must be run here, or its refusal shown; MLX-LM has a model for all."""
     lists = [set(KEPT), set(REFUSED), set(FAMILY_REFUSED), set(NO_MODEL)]
     assert set().union(*lists) == set(ARCHS) and sum(map(len, lists)) == len(ARCHS)
@@ -153,6 +154,8 @@ def test_every_table_family_has_a_verdict():
         for model_type in arch.model_types:
             with pytest.raises(ValueError, match="not supported") if name in NO_MODEL else contextlib.nullcontext():
                 mlx_utils._get_classes({"model_type": model_type})
+    the_table_says("MLX-LM", {**{f: "yes" for f in KEPT}, **{f: "refused" for f in [*REFUSED, *FAMILY_REFUSED]},
+                              **{f: "refused" for f in NO_MODEL}})
 
 
 @pytest.mark.parametrize("name,site", _sites(KEPT + list(FAMILY_REFUSED)))
