@@ -113,8 +113,11 @@ def _load(a: argparse.Namespace, many: bool, streamed: bool = False):
     from .lm import Model, load_tokenizer
 
     tok = load_tokenizer(a.baked or src_dir, "these commands need one to read text")
-    if streamed:
-        load = lambda p: Model(p, torch.float32, getattr(a, "device", "cpu"))  # noqa: E731
+    if streamed:  # one block resident, unless source and bake fit in memory (decoding reads them per token)
+        from .engine import fits_in_memory
+
+        keep = fits_in_memory(src_dir)
+        load = lambda p: Model(p, torch.float32, getattr(a, "device", "cpu"), keep=keep)  # noqa: E731
     else:
         load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()  # noqa: E731
     source = load(src_dir)

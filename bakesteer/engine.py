@@ -14,6 +14,7 @@ streamed steering means exactly what hook steering means.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,11 +133,21 @@ class Stream:
         return [s for s in self.steers if s.layer == block]
 
 
+def fits_in_memory(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, copies: int = 2) -> bool:
+    """Whether ``copies`` of the checkpoint in ``dtype`` fit in an eighth of this machine's memory (2 GiB at most):
+    then a job that passes over the weights many times (decoding) keeps them loaded instead of re-reading them."""
+    ckpt = Checkpoint(folder)
+    size = torch.empty(0, dtype=dtype).element_size()
+    need = copies * sum(math.prod(t.shape) * size for t in ckpt.tensors.values())
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return need <= min(2 << 30, ram // 8)
+
+
 class Model:
     """One checkpoint in one dtype on one device, run block by block."""
 
     def __init__(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | None = "cpu",
-                 config: dict | None = None, attn_implementation: str | None = None):
+                 config: dict | None = None, attn_implementation: str | None = None, keep: bool = False):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         _weights_by_mmap()
@@ -164,6 +175,7 @@ class Model:
         self.base = self.model.base_model
         self.resident: set[str] = set()  # parts whose weights are loaded: "embed", "head", block numbers
         self.peak_blocks = 0  # most decoder blocks ever resident at once
+        self.keep = keep  # parts stay loaded once read: for a model that fits (``fits_in_memory``)
         self._files: dict[str, object] = {}
 
     # -- weights ---------------------------------------------------------------------------------
@@ -273,15 +285,17 @@ class Model:
         else:
             mods = [self._final_norm(), (self._head_weight().rsplit(".", 1)[0], self.model.get_output_embeddings())]
         try:
-            for prefix, m in mods:
-                self._load(prefix, m)
-            self.resident.add(str(which))
-            self.peak_blocks = max(self.peak_blocks, sum(k.isdigit() for k in self.resident))
+            if not (self.keep and str(which) in self.resident):
+                for prefix, m in mods:
+                    self._load(prefix, m)
+                self.resident.add(str(which))
+                self.peak_blocks = max(self.peak_blocks, sum(k.isdigit() for k in self.resident))
             yield mods[0][1] if isinstance(which, int) else None
         finally:
-            for _, m in mods:
-                self._free(m)
-            self.resident.discard(str(which))
+            if not self.keep:
+                for _, m in mods:
+                    self._free(m)
+                self.resident.discard(str(which))
 
     def close(self) -> None:
         for f in self._files.values():

@@ -135,3 +135,24 @@ def test_streamed_extract_equals_extract_in_memory(tmp_path):
     for L in (1, 2):
         assert np.abs(a.vectors[L] - b.vectors[L]).max() <= 1e-5 * max(1.0, np.abs(b.vectors[L]).max())
     assert eng.peak_blocks == 1 and loaded == ["embed", 0, 1, 2]  # blocks 0 to the deepest requested, no head
+
+
+def test_a_kept_model_reads_each_part_once_and_decodes_the_same(tmp_path, monkeypatch):
+    from bakesteer.engine import fits_in_memory
+    from bakesteer.lm import greedy, prompts_stream
+
+    model = make_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    assert fits_in_memory(tmp_path / "m")
+    v = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(1)).numpy()
+    steer = [Steer("resid", 1, v, 4.0)]
+    streamed = greedy(Model(tmp_path / "m", attn_implementation="eager"),
+                      [prompts_stream(SEQS[:2]), prompts_stream(SEQS[:2], steer)], 12)
+    kept = Model(tmp_path / "m", attn_implementation="eager", keep=True)
+    reads: list[str] = []
+    real = Model._read
+    monkeypatch.setattr(Model, "_read", lambda self, key: reads.append(key) or real(self, key))
+    assert greedy(kept, [prompts_stream(SEQS[:2]), prompts_stream(SEQS[:2], steer)], 12) == streamed
+    assert streamed[0] != streamed[1]  # the steer changed the tokens
+    assert len(reads) == len(set(reads)) == len(kept.ckpt.tensors)  # 12 decoding passes, every tensor read once
+    assert kept.peak_blocks == LAYERS
