@@ -178,6 +178,26 @@ def inference() -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def inference_runtimes() -> str:
+    """The runtimes a bake unlocks (bench_inference.py --measures runtimes; the file's last such run): steered
+    tokens/s against bakesteer's hooks, and the goal lines."""
+    text = (RESULTS / "bench_inference.txt").read_text()
+    start = text.rindex("$ python scripts/bench_inference.py --measures runtimes")
+    before = text[:start].rstrip("\n")
+    note = before[before.rfind("\n\n"):]  # the paragraph above the command
+    block = text[start:]
+    lines = ["| runtime | steered tok/s (range) | × bakesteer hooks | same tokens as baked |", "|---|---|---|---|"]
+    for row in [r for r in block.splitlines() if r.startswith("| ")][1:]:
+        c = [x.strip() for x in row.strip("|").split("|")]
+        lines.append(f"| {c[0]} | {c[1]} | {c[2]} | {c[4]} |")
+    goals = [f"{kind} ≥ {goal}×: **{verdict}**" + (f" ({best}, {ratio}×)" if best else "")
+             for kind, goal, verdict, best, ratio in re.findall(
+                 r"^goal: best (\w+) runtime ≥ ([\d.]+)× the hook path: (met|missed|not measured)"
+                 r"(?: \((.*?): [\d.]+ vs [\d.]+ tok/s, ([\d.]+)×\))?", block, re.M)]
+    load = " Measured under load (see the results file)." if "UNDER LOAD" in note else ""
+    return "\n" + "\n".join(lines) + "\n\nGoals, best runtime vs the hook path: " + "; ".join(goals) + "." + load + "\n"
+
+
 def _has_group(family: str, group: str) -> bool:
     arch = ARCHS[family]
     return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
@@ -231,6 +251,7 @@ GENERATORS: dict[str, Callable[[], str]] = {"equivalence": equivalence, "fp32-ro
                                             "runtime-evidence": runtime_evidence,
                                             "llamacpp": llamacpp, "positions": positions, "bench-bake": bench_bake,
                                             "bench-approx": bench_approx, "inference": inference,
+                                            "inference-runtimes": inference_runtimes,
                                             "eval-time": eval_time}
 
 

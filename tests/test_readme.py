@@ -12,7 +12,7 @@ import readme_tables  # noqa: E402
 README = (ROOT / "README.md").read_text()
 NAMES = ("equivalence", "fp32-rounding", "bench-extract", "test-time", "portability", "headline", "llamacpp",
          "positions", "bench-bake", "bench-approx", "inference", "eval-time", "setup-time",
-         "runtime-evidence")
+         "runtime-evidence", "inference-runtimes")
 
 
 def test_every_region_is_in_the_readme_and_matches_its_results():

@@ -52,3 +52,31 @@ def test_bench_inference_runs_every_row_and_the_steered_rows_agree(tiny_llama):
     assert baked.endswith("| b1 steered, b2 steered |"), baked  # so "same tokens as baked" is not the source's
     assert "NO" not in out
     assert "batch 1: baked" in paired_part and "batch 2: baked" in paired_part
+
+
+def test_bench_inference_runtimes_measures_or_reports_every_row(tiny_llama):
+    """``--measures runtimes`` on the tiny model: the PyTorch rows and every runtime that takes the model run and
+    give the baked model's tokens (fp32 rows), the rest say why (llama.cpp's converter refuses the character
+    tokenizer; no GGUF is given for the quantized row), and both goal lines are printed."""
+    import json
+
+    model, vec = tiny_llama
+    cfg = model / "tokenizer_config.json"  # CTranslate2's converter writes bos/eos tokens: give it some
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "bos_token": "<unk>", "eos_token": "<unk>"}))
+    out = run_script("bench_inference.py", "--model", str(model), "--vector", str(vec), "--layers", "1-2",
+                     "--new-tokens", "4", "--repeats", "1", "--measures", "runtimes")
+    assert "Paired decode steps" not in out and "`generate()`" not in out
+    table = [x for x in out.split("Runtimes a bake unlocks")[1].splitlines() if x.startswith("| ")][1:]
+    rows = {x.split(" | ")[0][2:]: x for x in table}
+    assert len(rows) == 7, rows
+    assert rows["bakesteer hooks (PyTorch, source)"].endswith("| yes | – |")
+    assert "steered: leaves the source" in rows["baked (PyTorch)"]
+    assert "skipped: no --gguf" in next(v for k, v in rows.items() if k.startswith("llama.cpp quantized"))
+    for name, line in rows.items():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ran = cells[1].split(" (")[0].replace(".", "").isdigit()
+        assert ran or cells[1].startswith(("skipped:", "failed:")), line
+        if ran and any(k in name for k in ("f32", "fp32", "float32")):
+            assert cells[4] == "yes", line
+    assert rows["CTranslate2 float32"].split(" | ")[1].split(" (")[0].replace(".", "").isdigit()
+    assert out.count("goal: best ") == 2
