@@ -139,7 +139,7 @@ def bench_bake() -> str:
              "| bake peak RSS | naive peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
     for size, shards, table in re.findall(r"^## ([\d.]+ GB), (\d+) shards.*?\n((?:\|[^\n]*\n)+)", text, re.M | re.S):
         rows = {c[0]: c[1:] for c in ([x.strip() for x in r.strip("|").split("|")] for r in table.splitlines()[2:])}
-        ours = {k: v for k, v in rows.items() if k.startswith("bakesteer")}
+        ours = {k: v for k, v in rows.items() if k.startswith("bakesteer") and "start-up" not in k}
         copy = [float(v[1]) for k, v in ours.items() if "(copy)" in k]
         link = [float(v[1]) for k, v in ours.items() if "(--link)" in k]
         rss = [float(v[2]) for v in ours.values()]
