@@ -9,6 +9,7 @@ renumbered the Hugging Face way with an index.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -280,6 +281,9 @@ def stream_copy(src: Path, dst: Path, patches: list[tuple[int, bytes]] = (), pro
     return h_src.hexdigest(), h_out.hexdigest()
 
 
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+
+
 def copy_hashed(src: Path, dst: Path, progress=None) -> str:
     """Copy ``src`` into the new file ``dst`` in the kernel (copy_file_range, as cp does) while a worker
     thread hashes ``src`` (unless its Hub-cache blob name is the hash); returns its sha256. The copy never
@@ -290,7 +294,9 @@ def copy_hashed(src: Path, dst: Path, progress=None) -> str:
         try:
             while os.copy_file_range(fs.fileno(), fd.fileno(), CHUNK):
                 pass
-        except OSError:  # no in-kernel copy between these files: copy through user space
+        except OSError as e:  # no in-kernel copy between these files: copy through user space
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
             fs.seek(fd.tell())
             shutil.copyfileobj(fs, fd, CHUNK)
         if known and progress is not None:

@@ -84,3 +84,48 @@ def the_table_says(runtime: str, measured: dict[str, str]) -> None:
         assert not wrong, f"the table says {runtime} {wrong} for {family}; this test measured {verdict}"
     claimed = {f for f, a in ARCHS.items() if a.measured.get(runtime)}
     assert claimed <= set(measured), f"the table marks {sorted(claimed - set(measured))} measured in {runtime}"
+
+
+LOVE_BLOCK = 5  # the bundled love vector's block in the runtime tests
+
+
+def love_steer(site: str):
+    """The bundled love vector at block 5: as extracted at ``resid`` (coef 1), elsewhere its unit vector × 8."""
+    import numpy as np
+
+    from bakesteer.vectors import load_vector_file
+
+    v = load_vector_file("love.svec").vectors[LOVE_BLOCK]
+    if site == "resid":
+        return Steer("resid", LOVE_BLOCK, v, 1.0)
+    return Steer(site, LOVE_BLOCK, v / np.linalg.norm(v), 8.0)
+
+
+def max_diff(a, b) -> float:
+    """Largest |Δ| over paired arrays (per-prompt logits)."""
+    import numpy as np
+
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b, strict=True))
+
+
+def runtime_runs_the_smollm2_bake(runtime: str, run, hf, smollm2, prompts, plain, site: str, out: Path,
+                                  tol: float) -> None:
+    """Bake SmolLM2 with ``love_steer(site)`` into ``out``; ``run`` (the runtime) gives ``hf``'s (transformers')
+    logits on it within ``tol``, and moves its own logits of the source (``plain``) by at least 100 × ``tol``."""
+    from bakesteer.bake import Item, bake
+
+    bake(smollm2, [Item(love_steer(site), {})], out, progress=False)
+    got, want = run(out, prompts), hf(out, prompts)
+    err = max_diff(got, want)
+    assert err <= tol, f"{runtime} vs transformers on the SmolLM2 {site} bake: {err:.2e}"
+    effect = max_diff(got, plain)
+    assert effect >= 100 * tol, f"the steer moved {runtime}'s logits by only {effect:.2e}"
+
+
+def hf_logits(folder: Path, prompts: list[list[int]]) -> list:
+    """transformers' float32 logits of the checkpoint in ``folder``, per prompt (float64 numpy arrays)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).logits[0].double().numpy() for ids in prompts]

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from bakesteer.arch import ARCHS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
-from bakesteer.vectors import load_vector_file
-from helpers import the_table_says
+from helpers import hf_logits as _hf
+from helpers import max_diff as _max
+from helpers import runtime_runs_the_smollm2_bake, the_table_says
 from tiny import CONFIGS, HIDDEN, LAYERS, make_model, save_char_tokenizer
 
 ct2 = pytest.importorskip("ctranslate2", reason="CTranslate2 is not installed (pip install ctranslate2==4.8.5)")
@@ -77,16 +77,6 @@ def _ct2(folder: Path, prompts: list[list[int]], converter: type = TransformersC
         gc.unfreeze()
     gen = ct2.Generator(str(out), device="cpu", compute_type="float32", intra_threads=2)
     return [np.array(gen.forward_batch([ids]))[0].astype(np.float64) for ids in prompts]
-
-
-def _hf(folder: Path, prompts: list[list[int]]) -> list[np.ndarray]:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return [model(torch.tensor([ids])).logits[0].double().numpy() for ids in prompts]
-
-
-def _max(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +174,6 @@ def smol_plain(smollm2, smollm2_tok, tmp_path_factory) -> list[np.ndarray]:
 @pytest.mark.parametrize("site", ["resid", "attn_in"])
 def test_ctranslate2_runs_the_smollm2_bake(tmp_path, smollm2, smollm2_tok, smol_plain, site):
     """The real default model with the bundled love vector at block 5 (as tests/test_llamacpp.py)."""
-    v = load_vector_file("love.svec").vectors[5]
-    steer = Steer("resid", 5, v, 1.0) if site == "resid" else Steer(site, 5, v / np.linalg.norm(v), 8.0)
-    out = tmp_path / "baked"
-    bake(smollm2, [Item(steer, {})], out, progress=False)
     prompts = [smollm2_tok(p)["input_ids"] for p in PROMPTS]
-    got, want = _ct2(out, prompts), _hf(out, prompts)
-    err = _max(got, want)
-    assert err <= SMOL_TOL, f"CTranslate2 vs transformers on the SmolLM2 {site} bake: {err:.2e}"
-    effect = _max(got, smol_plain)
-    assert effect >= 100 * SMOL_TOL, f"the steer moved CTranslate2's logits by only {effect:.2e}"
+    runtime_runs_the_smollm2_bake("CTranslate2", _ct2, _hf, smollm2, prompts, smol_plain, site, tmp_path / "baked",
+                                  SMOL_TOL)

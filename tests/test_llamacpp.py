@@ -18,21 +18,15 @@ from bakesteer.bake import Item, bake
 from bakesteer.gguf_bake import bake_gguf
 from bakesteer.hooks import Steer, steering
 from bakesteer.models import smollm2_gguf
-from bakesteer.vectors import load_vector_file
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
 from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite  # noqa: E402
-from helpers import the_table_says  # noqa: E402
+from helpers import love_steer, the_table_says  # noqa: E402
 from tiny import HIDDEN, make_model  # noqa: E402
 
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 LAYER = 5
 TOL = 2e-3  # fp32 llama.cpp vs transformers, max |Δlogit|
-
-
-def _love(site: str) -> Steer:
-    v = load_vector_file("love.svec").vectors[LAYER]
-    return Steer("resid", LAYER, v, 1.0) if site == "resid" else Steer(site, LAYER, v / np.linalg.norm(v), 8.0)
 
 
 def _hf_plain_and_hooked(model, ids: list[int], steer: Steer | list[Steer]) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +39,7 @@ def _hf_plain_and_hooked(model, ids: list[int], steer: Steer | list[Steer]) -> t
 
 @pytest.mark.parametrize("site", ["resid", "attn_in", "attn_out"])
 def test_converted_bake_runs_in_llamacpp(tmp_path, smollm2, smollm2_model, smollm2_tok, site):
-    steer = _love(site)
+    steer = love_steer(site)
     bake(smollm2, [Item(steer, {})], tmp_path / "baked", progress=False)
     convert(tmp_path / "baked", tmp_path / "baked.gguf")
     baked = AutoModelForCausalLM.from_pretrained(tmp_path / "baked", dtype=torch.float32).eval()
@@ -67,7 +61,7 @@ def test_converted_bake_runs_in_llamacpp(tmp_path, smollm2, smollm2_model, smoll
 
 
 def test_gguf_bake_equals_llamacpp_control_vector(tmp_path, smollm2_tok):
-    steer = _love("resid")
+    steer = love_steer("resid")
     out = tmp_path / "love.gguf"
     bake_gguf(smollm2_gguf(), [Item(steer, {})], out)
     baked, plain = load(out), load(smollm2_gguf())
@@ -86,7 +80,7 @@ def test_gguf_attn_in_bias_is_in_llamacpp_q_k_order(tmp_path, smollm2, smollm2_m
     On an F32 GGUF made by llama.cpp's own converter, the GGUF bake equals transformers' hooked model; the
     same bias in transformers' (unpermuted) q/k order is far off.
     """
-    steer = _love("attn_in")
+    steer = love_steer("attn_in")
     f32 = tmp_path / "f32.gguf"
     convert(smollm2, f32)
     right, wrong = tmp_path / "right.gguf", tmp_path / "wrong.gguf"
@@ -107,7 +101,7 @@ def test_gguf_attn_in_bias_is_in_llamacpp_q_k_order(tmp_path, smollm2, smollm2_m
 def test_gguf_attn_in_on_q4_1_steers_like_transformers(tmp_path, smollm2_model, smollm2_tok):
     """On the Q4_1 file llama.cpp quantizes activations too (plain vs plain differs by ~0.7 logits), so the
     steering effect is compared in direction: cosine with transformers' hooked effect."""
-    steer = _love("attn_in")
+    steer = love_steer("attn_in")
     out = tmp_path / "attn.gguf"
     bake_gguf(smollm2_gguf(), [Item(steer, {})], out)
     plain, baked = load(smollm2_gguf()), load(out)

@@ -25,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
-from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import ARCHS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.configs import for_every_reader
 from bakesteer.hooks import Steer
-from bakesteer.vectors import load_vector_file
-from helpers import the_table_says
+from helpers import hf_logits as _hf
+from helpers import max_diff as _max
+from helpers import runtime_runs_the_smollm2_bake, the_table_says
 from tiny import CONFIGS, HIDDEN, make_model
 
 mx = pytest.importorskip("mlx.core", reason="MLX-LM runs on the CPU with `pip install 'mlx[cpu]' mlx-lm`")
@@ -94,16 +93,6 @@ FIXES = {"gpt2": [_n_ctx, _unprefixed], "gpt_neox": [_rotary]}  # one per refusa
 def _mlx(folder: Path, prompts: list[list[int]]) -> list[np.ndarray]:
     model, _ = mlx_utils.load_model(folder)
     return [np.array(model(mx.array([ids])).astype(mx.float32))[0].astype(np.float64) for ids in prompts]
-
-
-def _hf(folder: Path, prompts: list[list[int]]) -> list[np.ndarray]:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return [model(torch.tensor([ids])).logits[0].double().numpy() for ids in prompts]
-
-
-def _max(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
 def _save(name: str, path: Path) -> Path:
@@ -220,13 +209,6 @@ def smol_plain(smollm2, smollm2_tok) -> list[np.ndarray]:
 def test_mlx_runs_the_smollm2_bake(tmp_path, smollm2, smollm2_tok, smol_plain, site):
     """The real default model (its converted config in both forms) with the bundled love vector at block 5 (as
     tests/test_llamacpp.py): MLX-LM gives transformers' logits, and the steer moves them."""
-    v = load_vector_file("love.svec").vectors[5]
-    steer = Steer("resid", 5, v, 1.0) if site == "resid" else Steer(site, 5, v / np.linalg.norm(v), 8.0)
-    out = tmp_path / "baked"
-    bake(smollm2, [Item(steer, {})], out, progress=False)
     prompts = [smollm2_tok(p)["input_ids"] for p in PROMPTS]
-    got, want = _mlx(out, prompts), _hf(out, prompts)
-    err = _max(got, want)
-    assert err <= SMOL_TOL, f"MLX-LM vs transformers on the SmolLM2 {site} bake: {err:.2e}"
-    effect = _max(got, smol_plain)
-    assert effect >= 100 * SMOL_TOL, f"the steer moved MLX-LM's logits by only {effect:.2e}"
+    runtime_runs_the_smollm2_bake("MLX-LM", _mlx, _hf, smollm2, prompts, smol_plain, site, tmp_path / "baked",
+                                  SMOL_TOL)

@@ -24,8 +24,7 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import ARCHS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
-from bakesteer.vectors import load_vector_file
-from helpers import the_table_says
+from helpers import love_steer, the_table_says
 from tiny import CONFIGS, HIDDEN, make_model, save_char_tokenizer
 
 og = pytest.importorskip("onnxruntime_genai", reason="needs `pip install onnxruntime-genai onnx onnx_ir`")
@@ -39,7 +38,6 @@ from onnx_tools import eos_ids, export, greedy, load, logits, onnx_bias_names  #
 TOL = 1e-4
 SMOL_TOL = 1e-3
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
-LAYER = 5  # SmolLM2's love vector
 IDS = [3, 17, 42, 8, 91, 5, 66, 23, 7, 12, 30, 2]  # tiny models: 12 tokens, beyond Gemma2's sliding window of 8
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # within the tiny vocabulary (the builder reads them)
 # families the builder builds (Mistral and Qwen2 bakes at a site they have no slot for are written as Llama)
@@ -54,11 +52,6 @@ NOT_BUILT = {"gpt2": (NotImplementedError, "is not currently supported"),
 # the exported graph's name for the bias a site folds into (block 1)
 FOLDED = {"attn_in": ["attn.qkv_proj"], "mlp_in": ["mlp.gate_proj", "mlp.up_proj"], "attn_out": ["attn.o_proj"],
           "mlp_out": ["mlp.down_proj"], "resid": ["mlp.down_proj"]}
-
-
-def _love(site: str) -> Steer:
-    v = load_vector_file("love.svec").vectors[LAYER]
-    return Steer("resid", LAYER, v, 1.0) if site == "resid" else Steer(site, LAYER, v / np.linalg.norm(v), 8.0)
 
 
 def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -112,7 +105,7 @@ def test_every_family_is_classified_and_the_table_agrees():
 
 @pytest.mark.parametrize("site", ["resid", "attn_in"])
 def test_smollm2_bake_runs_in_onnxruntime(tmp_path, smollm2, smollm2_tok, smol_plain, site):
-    bake(smollm2, [Item(_love(site), {})], tmp_path / "baked", progress=False)
+    bake(smollm2, [Item(love_steer(site), {})], tmp_path / "baked", progress=False)
     baked = AutoModelForCausalLM.from_pretrained(tmp_path / "baked", dtype=torch.float32).eval()
     onnx = load(export(tmp_path / "baked", tmp_path / "onnx"))
     for p in PROMPTS:

@@ -198,6 +198,7 @@ def test_disk_full_is_one_sentence_and_leaves_nothing(sharded, capsys, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "_patched", full)  # the first chunk of the first shard fails to be written
+    monkeypatch.setattr(checkpoint.os, "copy_file_range", full)  # and so does an untouched shard's kernel copy
     refused(capsys, ["bake", "--model", str(src), *rest], "no space left on the device", src.parent)
 
 
