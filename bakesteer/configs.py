@@ -5,8 +5,12 @@ transformers 5 moved ``rope_theta``, ``rope_scaling`` and ``partial_rotary_facto
 the older form (MLX-LM, and exporters that pin transformers 4) then silently fall back to their defaults,
 rope_theta = 10000 among them. transformers 5 reads ``rope_parameters`` first, so writing the old keys beside
 the new ones changes nothing for it and everything for the others.
+Some families' older readers also want a key under an older name (GPT-2's ``n_ctx``, GPT-NeoX's ``rotary_pct``
+and ``rotary_emb_base``); the architecture table lists them as the family's ``legacy`` keys.
 """
 from __future__ import annotations
+
+from .arch import ARCHS, family_of
 
 # rope_parameters per layer type (transformers 5) -> the key older readers take its rope_theta from
 PER_LAYER_TYPE = {"full_attention": "rope_theta", "sliding_attention": "rope_local_base_freq"}
@@ -36,6 +40,10 @@ def for_every_reader(config: dict) -> dict:
     elif isinstance(rope, dict):
         for key, value in _legacy_rope(rope).items():
             out.setdefault(key, value)
+    arch = ARCHS.get(family_of(config.get("model_type")) or "")
+    for old, new in (arch.legacy.items() if arch else ()):
+        if new in out:
+            out.setdefault(old, out[new])
     if "dtype" in config:
         out.setdefault("torch_dtype", config["dtype"])
     if isinstance(config.get("text_config"), dict):  # multimodal wrappers keep the decoder's config inside

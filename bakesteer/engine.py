@@ -29,7 +29,6 @@ from .hooks import Steer, add_at, site_at, steering, watch
 
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-FINAL_NORMS = ("norm", "ln_f", "final_layer_norm")
 READ_CHUNK = 16 << 20  # bytes read and converted at a time
 HEAD_ALIAS = "embed_out.weight"  # GPT-NeoX checkpoints name the head so; transformers 5 calls it lm_head
 Capture = Callable[[int, torch.Tensor], None]  # (batch index, hidden state (B, T, H)) -> None
@@ -256,11 +255,11 @@ class Model:
                     m._parameters[pname] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
 
     def _final_norm(self) -> tuple[str, torch.nn.Module]:
-        for name in FINAL_NORMS:
-            if hasattr(self.base, name):
-                prefix = next(n for n, m in self.model.named_modules() if m is self.base)
-                return f"{prefix}.{name}" if prefix else name, getattr(self.base, name)
-        raise BakesteerError(f"bakesteer cannot find the final norm of {self.arch.name}; report this.")
+        try:
+            return self.arch.final_norm, self.model.get_submodule(self.arch.final_norm)
+        except AttributeError:
+            raise BakesteerError(f"{self.folder} has no {self.arch.final_norm}, the final norm of "
+                                 f"{self.arch.name}; the model does not match its config.") from None
 
     def _embed_parts(self) -> list[tuple[str, torch.nn.Module]]:
         """Modules with parameters that the model's forward uses before block 0 (embeddings)."""

@@ -196,6 +196,8 @@ def _batch(tok, ids: list[list[int]], sel: list[list[bool]], aggregation: str):
 def _reduce(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(B, T, H) hidden state -> (B, H) float64 on the CPU, weighted over tokens."""
     acc = torch.float32 if h.device.type == "mps" else torch.float64  # exact for "last", any dtype
+    if h.dim() == 2:  # OPT's fc1/fc2 run on the flattened (B*T, H) rows
+        h = h.view(*weights.shape, h.shape[-1])
     w = weights.to(h.device, acc)
     keep = (w > 0).unsqueeze(-1)  # padded rows may hold NaN in some attention kernels
     return torch.einsum("bt,bth->bh", w, torch.where(keep, h.to(acc), 0.0)).to("cpu", torch.float64)

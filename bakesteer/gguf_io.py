@@ -54,9 +54,10 @@ def open_gguf(path: Path, what: str = "a .gguf model"):
         raise BakesteerError(f"{path} is not a readable GGUF file ({type(e).__name__}); check the file.") from e
 
 
-def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict[str, str] | None = None) -> None:
-    """Write ``reader``'s GGUF to ``path`` with ``tensors`` replacing (or added after) its own, every other
-    tensor's bytes as they are (quantized or not), and ``strings`` added to its metadata."""
+def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict[str, str] | None = None,
+               drop: frozenset[str] = frozenset()) -> None:
+    """Write ``reader``'s GGUF to ``path`` with ``tensors`` replacing (or added after) its own, the ``drop`` ones
+    left out, every other tensor's bytes as they are (quantized or not), and ``strings`` added to its metadata."""
     gguf = gguf_module()
     w = gguf.GGUFWriter(str(path), field(reader, "general.architecture"))
     for key, f in reader.fields.items():
@@ -67,6 +68,8 @@ def write_copy(reader, path: Path, tensors: dict[str, np.ndarray], strings: dict
     for key, value in (strings or {}).items():
         w.add_key_value(key, value, gguf.GGUFValueType.STRING)
     for t in reader.tensors:
+        if t.name in drop:
+            continue
         if t.name in tensors:
             w.add_tensor(t.name, tensors[t.name])
         else:

@@ -69,9 +69,10 @@ def hooked_vs_baked(source, baked, steers: list[Steer], ids: torch.Tensor, refer
     return float((baked_l - hooked).abs().max()), float((hooked - plain).abs().max()), g_hooked, greedy(baked, ids)
 
 
-def the_table_says(runtime: str, measured: dict[str, str]) -> None:
-    """bakesteer's runtime table agrees with what a runtime test measured (family -> yes / ignored / refused):
-    each family it ran is marked measured for ``runtime`` with that verdict, and no other family is."""
+def the_table_says(runtime: str, measured: dict[str, str | dict[str, str]]) -> None:
+    """bakesteer's runtime table agrees with what a runtime test measured (family -> yes / ignored / refused, or
+    group -> verdict): each family it ran is marked measured for ``runtime`` with those verdicts (for exactly the
+    groups named, where they are named), and no other family is."""
     from bakesteer.arch import ARCHS
 
     for family, verdict in measured.items():
@@ -80,7 +81,10 @@ def the_table_says(runtime: str, measured: dict[str, str]) -> None:
             continue
         groups = arch.measured.get(runtime, ())
         assert groups, f"{runtime} ran {family} bakes here, but the table does not mark the family measured"
-        wrong = {g: arch.runtimes[runtime][g] for g in groups if arch.runtimes[runtime][g] != verdict}
+        if isinstance(verdict, dict):
+            assert set(groups) == set(verdict), f"the table marks {runtime} {groups} measured for {family}"
+        wrong = {g: arch.runtimes[runtime][g] for g in groups
+                 if arch.runtimes[runtime][g] != (verdict[g] if isinstance(verdict, dict) else verdict)}
         assert not wrong, f"the table says {runtime} {wrong} for {family}; this test measured {verdict}"
     claimed = {f for f, a in ARCHS.items() if a.measured.get(runtime)}
     assert claimed <= set(measured), f"the table marks {sorted(claimed - set(measured))} measured in {runtime}"

@@ -40,14 +40,48 @@ def greedy(llm, ids: list[int], n: int = 32) -> list[int]:
     return out
 
 
-def convert(hf_dir: Path, out: Path) -> None:
+# Two stand-ins for what a user's own environment would give llama.cpp's converter, applied only when asked:
+# - ``no_sentencepiece``: its Gemma and Gemma 2 classes read a sentencepiece tokenizer.model; the tiny models carry
+#   SmolLM2's BPE tokenizer, so those classes take the BPE vocabulary path Gemma 3's already has. No tensor changes.
+# - ``raw_config``: it reads hparams through the installed transformers' AutoConfig(...).to_dict(); transformers 5
+#   drops keys its config classes no longer know (GPT-NeoX's rotary_pct), which transformers 4 kept. The keys of
+#   config.json are put back under the ones to_dict gives, as transformers 4 would have returned them.
+_SHIM = """
+import json, runpy, sys
+conv, no_sp, raw = sys.argv.pop(1), sys.argv.pop(1) == "1", sys.argv.pop(1) == "1"
+sys.path[:0] = [str(__import__("pathlib").Path(conv).parent), str(__import__("pathlib").Path(conv).parent / "gguf-py")]
+from conversion import ModelBase, TextModel
+if no_sp:
+    import conversion.gemma as g
+    g.GemmaModel.set_vocab = g.Gemma2Model.set_vocab = TextModel._set_vocab_gpt2
+if raw:
+    load = ModelBase.load_hparams
+    def with_json(folder, *rest):
+        return {**json.loads((folder / "config.json").read_text()), **load(folder, *rest)}
+    ModelBase.load_hparams = staticmethod(with_json)
+runpy.run_path(conv, run_name="__main__")
+"""
+
+
+def convert(hf_dir: Path, out: Path, *, no_sentencepiece: bool = False, raw_config: bool = False) -> None:
     """llama.cpp's own convert_hf_to_gguf.py (from scripts/get_llamacpp.py), to an F32 GGUF."""
     conv = cache_dir() / "llama.cpp" / "convert_hf_to_gguf.py"
     if not conv.is_file():
         raise MissingConverter(f"{conv} is missing; run scripts/get_llamacpp.py (scripts/setup.sh does)")
     env = {**os.environ, "PYTHONPATH": f"{conv.parent / 'gguf-py'}{os.pathsep}{conv.parent}"}
-    subprocess.run([sys.executable, str(conv), str(hf_dir), "--outtype", "f32", "--outfile", str(out)],
-                   check=True, env=env, capture_output=True)
+    args = [str(hf_dir), "--outtype", "f32", "--outfile", str(out)]
+    if no_sentencepiece or raw_config:
+        cmd = [sys.executable, "-c", _SHIM, str(conv), str(int(no_sentencepiece)), str(int(raw_config)), *args]
+    else:
+        cmd = [sys.executable, str(conv), *args]
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
+
+
+def without(src: Path, out: Path, names: set[str]) -> None:
+    """``src`` without the named tensors, everything else byte for byte."""
+    import gguf
+
+    write_copy(gguf.GGUFReader(str(src)), out, {}, drop=frozenset(names))
 
 
 def cvec_logits(path: Path, vec: np.ndarray, layer: int, ids: list[int]) -> np.ndarray:

@@ -49,6 +49,22 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "attn_in": ("model.layers.{L}.self_attn", "input"),
         "attn_out": ("model.layers.{L}.self_attn", "output"),
     },
+    "smollm3": _LLAMA_LIKE,
+    "starcoder2": _LLAMA_LIKE,  # LayerNorms and a c_fc/c_proj MLP, the same module names
+    "phi": {  # parallel: x + attn(ln(x)) + mlp(ln(x)); each branch's own input, not the shared norm's output
+        "attn_in": ("model.layers.{L}.self_attn", "input"),
+        "mlp_in": ("model.layers.{L}.mlp", "input"),
+        "attn_out": ("model.layers.{L}.self_attn", "output"),
+        "mlp_out": ("model.layers.{L}.mlp", "output"),
+        "resid": ("model.layers.{L}", "output"),
+    },
+    "opt": {  # fc1/fc2 hang off the block itself; the MLP's output is fc2's
+        "attn_in": ("model.decoder.layers.{L}.self_attn_layer_norm", "output"),
+        "mlp_in": ("model.decoder.layers.{L}.final_layer_norm", "output"),
+        "attn_out": ("model.decoder.layers.{L}.self_attn", "output"),
+        "mlp_out": ("model.decoder.layers.{L}.fc2", "output"),
+        "resid": ("model.decoder.layers.{L}", "output"),
+    },
 }
 
 

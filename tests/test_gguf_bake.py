@@ -4,7 +4,8 @@ bakes, equals the transformers bake of the same model, tensor by tensor.
 Each tiny model is written as llama.cpp's convert_hf_to_gguf.py writes that family (hand-written below, not
 read from bakesteer's table): tensor names, Llama/Granite q/k rows permuted for RoPE, GPT-2's Conv1D
 matrices transposed, Granite's residual_multiplier as ``granite.residual_scale``. The same conversion of the
-transformers bake must equal the GGUF bake, so a wrong layout, a wrong scale or a wrong name shows.
+transformers bake must equal the GGUF bake, so a wrong layout, a wrong scale or a wrong name shows. GPT-NeoX's
+fused q/k/v rows are regrouped from per-head [q k v] to [Q; K; V], as its converter does.
 (tests/test_llamacpp.py runs the result in llama.cpp itself where llama-cpp-python is installed.)
 """
 from __future__ import annotations
@@ -29,14 +30,19 @@ gguf = pytest.importorskip("gguf")
 _LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
           "mlp.down_proj": "ffn_down"}
-CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, permute q/k, transpose, metadata)
-    "llama": ("model.layers", _LLAMA, True, False, {}),
-    "granite": ("model.layers", _LLAMA, True, False, {"residual_scale": "residual_multiplier"}),
-    "qwen2": ("model.layers", _LLAMA, False, False, {}),
+_QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2")  # llama.cpp has only their q/k/v biases
+CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reordering, transpose, metadata)
+    "llama": ("model.layers", _LLAMA, "rope", False, {}),
+    "granite": ("model.layers", _LLAMA, "rope", False, {"residual_scale": "residual_multiplier"}),
+    **{f: ("model.layers", _LLAMA, None, False, {}) for f in _QKV_ONLY},
     "gpt2": ("transformer.h", {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up",
-                               "mlp.c_proj": "ffn_down"}, False, True, {}),
+                               "mlp.c_proj": "ffn_down"}, None, True, {}),
+    "gpt_neox": ("gpt_neox.layers", {"attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
+                                     "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}, "heads", False,
+                 {}),
 }
-GGUF_SITES = {"llama": 5, "granite": 5, "qwen2": 1, "gpt2": 5}  # qwen2: llama.cpp has only its q/k/v biases
+GGUF_NAME = {"gpt_neox": "gptneox"}  # llama.cpp's architecture name where it is not the family's
+GGUF_SITES = {"llama": 5, "granite": 5, "gpt2": 5, "gpt_neox": 5, **{f: 1 for f in _QKV_ONLY}}
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -44,9 +50,14 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _regroup(w: np.ndarray, heads: int) -> np.ndarray:
+    """GPTNeoXModel.modify_tensors: fused rows per head [q k v] -> [all q; all k; all v]."""
+    return w.reshape(heads, 3, w.shape[0] // heads // 3, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
 def _convert(family: str, tensors: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     """The block tensors of a transformers state dict as llama.cpp's converter writes them (F32)."""
-    prefix, names, permute, transpose, _ = CONVERTER[family]
+    prefix, names, reorder, transpose, _ = CONVERTER[family]
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": getattr(cfg, "num_key_value_heads", None)}
     out = {}
     for key, t in tensors.items():
@@ -59,18 +70,21 @@ def _convert(family: str, tensors: dict[str, np.ndarray], cfg) -> dict[str, np.n
         t = np.asarray(t, dtype=np.float32)
         if transpose and kind == "weight":
             t = t.T.copy()
-        if permute and names[module] in heads:
+        if reorder == "rope" and names[module] in heads:
             t = _permute(t, heads[names[module]])
+        if reorder == "heads" and names[module] == "attn_qkv":
+            t = _regroup(t, cfg.num_attention_heads)
         out[f"blk.{layer}.{names[module]}.{kind}"] = t
     return out
 
 
 def _write(path, family: str, tensors: dict[str, np.ndarray], cfg) -> None:
-    w = gguf.GGUFWriter(str(path), family)
-    w.add_uint32(f"{family}.embedding_length", HIDDEN)
-    w.add_uint32(f"{family}.block_count", LAYERS)
+    arch = GGUF_NAME.get(family, family)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_uint32(f"{arch}.embedding_length", HIDDEN)
+    w.add_uint32(f"{arch}.block_count", LAYERS)
     for meta, attr in CONVERTER[family][4].items():
-        w.add_float32(f"{family}.{meta}", float(getattr(cfg, attr)))
+        w.add_float32(f"{arch}.{meta}", float(getattr(cfg, attr)))
     for name, t in tensors.items():
         w.add_tensor(name, t)
     w.write_header_to_file()
@@ -173,14 +187,14 @@ def test_gguf_bake_cli_and_bad_inputs(tmp_path, capsys):
     bad.write_bytes(b"GGUF" + b"\0" * 20)
     import gguf
 
-    other = tmp_path / "qwen3.gguf"
-    w = gguf.GGUFWriter(str(other), "qwen3")
+    other = tmp_path / "phi3.gguf"
+    w = gguf.GGUFWriter(str(other), "phi3")
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     bare = tmp_path / "bare.gguf"
     w = gguf.GGUFWriter(str(bare), "llama")
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     for argv, match in [
-        (["--model", str(other)], "GGUF architecture 'qwen3' is not in bakesteer's table"),
+        (["--model", str(other)], "GGUF architecture 'phi3' is not in bakesteer's table"),
         (["--model", str(bare)], "lacks llama.embedding_length"),
         (["--model", str(bad)], "not a readable GGUF"),
         (["--model", str(smollm2_gguf()), "-o", str(out)], "already exists"),

@@ -5,6 +5,9 @@
 2. A bake straight into SmolLM2's Q4_1 GGUF equals llama.cpp's own control-vector steering of the
    unbaked GGUF (resid), and its attn_in bias is in llama.cpp's permuted q/k order.
 3. GGUF bakes of tiny Granite, Qwen2 and GPT-2 models run in llama.cpp as transformers' hooks.
+4. Bakes of tiny models of the other families, converted by llama.cpp's converter, run in llama.cpp as in
+   transformers where llama.cpp creates the bias tensors, and are refused where it does not; GGUF bakes of
+   their converted sources run as transformers' hooks.
 (GGUF bakes that need only the gguf package are in tests/test_gguf_bake.py.)
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from bakesteer.hooks import Steer, steering
 from bakesteer.models import smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
-from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite  # noqa: E402
+from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite, without  # noqa: E402
 from helpers import love_steer, the_table_says  # noqa: E402
 from tiny import HIDDEN, make_model  # noqa: E402
 
@@ -161,6 +164,119 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
     assert np.abs(hooked - plain).max() >= 100 * tol
 
 
+# Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
+# creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
+EVERY_GROUP = ["gpt2", "gpt_neox", "granite"]
+QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2"]
+# what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp
+_FIT = {f: dict(tie_word_embeddings=True) for f in ("gemma", "gemma2", "gemma3")}
+_CONVERT = {"gemma": dict(no_sentencepiece=True), "gemma2": dict(no_sentencepiece=True),
+            "gpt_neox": dict(raw_config=True)}  # see tests/llamacpp_tools.py: stand-ins for the user's environment
+IDS = list(range(5, 29))
+SEVERAL = [1, 2]  # blocks steered in the tiny bakes
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, smollm2):
+    """family -> (source folder, transformers' model, its llama.cpp GGUF, llama.cpp's own error on it): a tiny
+    model with SmolLM2's tokenizer (the converter knows its pre-tokenizer) and a config as the Hub's carry it
+    (both forms: what a bake writes)."""
+    import json
+    import shutil
+
+    from bakesteer.configs import for_every_reader
+
+    made: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in made:
+            src = tmp_path_factory.mktemp(family) / "src"
+            model = make_model(family, vocab_size=49152, bos_token_id=1, eos_token_id=2, **_FIT.get(family, {}))
+            model.save_pretrained(src)
+            cfg = src / "config.json"
+            cfg.write_text(json.dumps(for_every_reader(json.loads(cfg.read_text()))))
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(smollm2 / name, src / name)
+            convert(src, src.with_suffix(".gguf"), **_CONVERT.get(family, {}))
+            plain = _hf_plain_and_hooked(model, IDS, [])[0]
+            own = np.abs(logits(load(src.with_suffix(".gguf")), IDS) - plain).max()
+            made[family] = (src, model, src.with_suffix(".gguf"), own)
+        return made[family]
+    return get
+
+
+def _steers(site: str) -> list[Steer]:
+    g = np.random.default_rng(3)
+    return [Steer(site, layer, g.standard_normal(HIDDEN), 2.0) for layer in SEVERAL]
+
+
+def _bake_and_convert(converted, tmp_path, family: str, site: str):
+    src, model, src_gguf, own = converted(family)
+    bake(src, [Item(s, {}) for s in _steers(site)], tmp_path / "hf", progress=False)
+    convert(tmp_path / "hf", tmp_path / "hf.gguf", **_CONVERT.get(family, {}))
+    baked = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    return baked, max(1e-4, 2 * own), logits(load(src_gguf), IDS)
+
+
+def _zero_biases(path) -> set[str]:
+    import gguf
+
+    return {t.name for t in gguf.GGUFReader(str(path)).tensors if t.name.endswith(".bias") and not t.data.any()}
+
+
+@pytest.mark.parametrize("family,site", [*((f, s) for f in ("gpt2", "gpt_neox") for s in ("attn_in", "mlp_in",
+                                                                                            "attn_out", "resid")),
+                                         ("granite", "attn_out")])  # Granite's other groups: the test above
+def test_converted_tiny_bake_runs_in_llamacpp(tmp_path, converted, family, site):
+    """One site per bias group (mlp_out writes resid's tensor). A bake converted by llama.cpp's converter gives
+    transformers' logits of the baked folder, within twice llama.cpp's own error on the unbaked source (GPT-2,
+    GPT-NeoX: its GELU, ~4e-3); the steer moves llama.cpp's logits far beyond that."""
+    baked, tol, plain_cpp = _bake_and_convert(converted, tmp_path, family, site)
+    got = logits(load(tmp_path / "hf.gguf"), IDS)
+    want = _hf_plain_and_hooked(baked, IDS, [])[0]
+    assert np.abs(got - want).max() <= tol, np.abs(got - want).max()
+    assert np.abs(got - plain_cpp).max() >= 100 * tol
+
+
+@pytest.mark.parametrize("family,site", [(f, s) for f in QKV_ONLY for s in ("attn_in", "attn_out")])
+def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, family, site):
+    """attn_in and attn_out switch attention_bias on, so both bakes carry q/k/v and o biases (zero where not
+    steered). llama.cpp refuses each as converted (its source runs). Without the zero o biases, the attn_in bake
+    runs with transformers' logits; without the zero q/k/v biases, the attn_out bake is still refused: the o bias
+    alone is what llama.cpp will not load."""
+    baked, tol, plain_cpp = _bake_and_convert(converted, tmp_path, family, site)
+    with pytest.raises(ValueError, match="Failed to load model"):
+        load(tmp_path / "hf.gguf")
+    zeros = _zero_biases(tmp_path / "hf.gguf")
+    steered = {f"blk.{b}.attn_{n}.bias" for b in SEVERAL for n in (("q", "k", "v") if site == "attn_in" else
+                                                                     ("output",))}
+    assert zeros and not zeros & steered
+    without(tmp_path / "hf.gguf", tmp_path / "trimmed.gguf", zeros)
+    if site == "attn_out":
+        with pytest.raises(ValueError, match="Failed to load model"):
+            load(tmp_path / "trimmed.gguf")
+        return
+    got = logits(load(tmp_path / "trimmed.gguf"), IDS)
+    want = _hf_plain_and_hooked(baked, IDS, [])[0]
+    assert np.abs(got - want).max() <= tol, np.abs(got - want).max()
+    assert np.abs(got - plain_cpp).max() >= 100 * tol
+
+
+@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in QKV_ONLY),
+                                         *(("gpt_neox", s) for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
+def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path, converted, family, site):
+    """bakesteer's GGUF bake of the converter's output (the q/k/v biases only, where that is all llama.cpp
+    creates) gives transformers' hooked logits in llama.cpp."""
+    src, model, src_gguf, own = converted(family)
+    steers = _steers(site)
+    bake_gguf(src_gguf, [Item(s, {}) for s in steers], tmp_path / "baked.gguf")
+    plain, hooked = _hf_plain_and_hooked(model, IDS, steers)
+    tol = max(1e-4, 2 * own)
+    assert np.abs(logits(load(tmp_path / "baked.gguf"), IDS) - hooked).max() <= tol
+    assert np.abs(hooked - plain).max() >= 100 * tol
+
+
 def test_the_table_marks_these_families_measured_in_llamacpp():
-    """SmolLM2 (Llama: q/k/v, o and MLP above), Granite (q/k/v, MLP), Qwen2 (q/k/v), GPT-2 (q/k/v, MLP)."""
-    the_table_says("llama.cpp", {"llama": "yes", "granite": "yes", "qwen2": "yes", "gpt2": "yes"})
+    """SmolLM2 (Llama: every group), Qwen2 (q/k/v) and the tiny families above."""
+    the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", **{f: "yes" for f in EVERY_GROUP},
+                                 **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY}})

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, GraniteConfig,
-                          LlamaConfig, MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config)
+                          LlamaConfig, MistralConfig, Olmo2Config, OPTConfig, PhiConfig, Qwen2Config, Qwen3Config,
+                          SmolLM3Config, Starcoder2Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -33,6 +34,16 @@ CONFIGS = {
     "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
     "gemma3": lambda: Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
     "olmo2": lambda: Olmo2Config(**_COMMON),
+    # SmolLM3: every 4th block without RoPE (its default pattern), a sliding window on two blocks; its default
+    # token ids are past a tiny vocabulary
+    "smollm3": lambda: SmolLM3Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                     use_sliding_window=True, sliding_window=8,
+                                     layer_types=["sliding_attention", "full_attention"] * 2),
+    "starcoder2": lambda: Starcoder2Config(**_COMMON, bos_token_id=1, eos_token_id=2),
+    "phi": lambda: PhiConfig(**_COMMON, qk_layernorm=True),  # q/k norms after the biased q/k projections
+    "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                             ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=HIDDEN,
+                             tie_word_embeddings=False),
 }
 
 

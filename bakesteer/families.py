@@ -1,0 +1,296 @@
+"""The architecture table's entries: one ``Arch`` per model family, as data (module paths, bias slots, sites,
+runtime support and how it is known). Read it through ``bakesteer.arch``."""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+from .archtypes import (ALWAYS, GROUPS, NEVER, RUNTIMES, Approx, Arch, Gguf, Group, Relabel, Site, Support)
+
+def _sliding_window_in_play(cfg: Mapping) -> str | None:
+    """Llama has no sliding window, so a relabel is exact only when none is in play."""
+    window = cfg.get("sliding_window")
+    if cfg.get("use_sliding_window") is False or window is None:
+        return None
+    if "sliding_attention" not in (cfg.get("layer_types") or ["sliding_attention"]):
+        return None
+    if window >= cfg.get("max_position_embeddings", 0):
+        return None
+    return f"it uses a sliding attention window of {window} tokens, which LlamaForCausalLM cannot express"
+
+
+_LLAMA_LINEARS = {
+    "self_attn.q_proj": "attention_bias",
+    "self_attn.k_proj": "attention_bias",
+    "self_attn.v_proj": "attention_bias",
+    "self_attn.o_proj": "attention_bias",
+    "mlp.gate_proj": "mlp_bias",
+    "mlp.up_proj": "mlp_bias",
+    "mlp.down_proj": "mlp_bias",
+}
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_LLAMA_GROUPS = {**{m: "qkv" for m in _QKV}, "self_attn.o_proj": "o",
+                 **{m: "mlp" for m in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}}
+_LLAMA_GGUF_NAMES = {  # llama.cpp creates every one of these biases as optional (TENSOR_NOT_REQUIRED)
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_GGUF_DIMS = {"hidden_size": "embedding_length", "num_hidden_layers": "block_count"}
+_PRE_NORM_SITES = {  # Llama-style pre-norm block: x += attn(norm1(x)); x += mlp(norm2(x))
+    "attn_in": Site("input_layernorm", _QKV, "through"),
+    "mlp_in": Site("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
+    "attn_out": Site("self_attn", ("self_attn.o_proj",), "direct"),
+    "mlp_out": Site("mlp", ("mlp.down_proj",), "direct"),
+    "resid": Site("", ("mlp.down_proj",), "direct"),
+}
+_POST_NORM = "the MLP output passes through post_feedforward_layernorm before the residual add"
+_SANDWICH_SITES = {  # Gemma2/Gemma3: every sublayer output is normalised before the residual add
+    **_PRE_NORM_SITES,
+    "mlp_in": Site("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "through"),
+    "resid": Site("", None, "direct", why_not=_POST_NORM),
+}
+_O = "self_attn.o_proj"
+_APPROX_SLOTS = ((1, "self_attn.q_proj"), (1, "self_attn.k_proj"), (1, _O))  # o of block L measured no better
+APPROX_PRE_NORM = Approx(_APPROX_SLOTS, (1, _O))
+APPROX_POST_NORM = Approx(_APPROX_SLOTS, (1, _O), post_norm="post_attention_layernorm")
+_OLMO2_SITES = {  # OLMo2: no pre-norms; x += post_attn_norm(attn(x)); x += post_ff_norm(mlp(x))
+    **_SANDWICH_SITES,
+    "attn_in": Site("self_attn", _QKV, "through", at="input"),
+    "mlp_in": Site("mlp", ("mlp.gate_proj", "mlp.up_proj"), "through", at="input"),
+}
+_NO_MLP_BIAS = {**_LLAMA_LINEARS, "mlp.gate_proj": NEVER, "mlp.up_proj": NEVER, "mlp.down_proj": NEVER}
+_NO_BIAS = {"attention_bias": False, "mlp_bias": False}  # transformers' defaults for these flags
+_NO_ATTN_BIAS = {"attention_bias": False}
+
+
+# Which runtimes read each bias group of a checkpoint written as the family. Read from each runtime's model code
+# (2024-2026 versions): vLLM/SGLang/TGI skip a bias their module was built without ("ignored"); MLX-LM
+# (strict load_weights), llama.cpp (tensor count check) and ExLlamaV2 (asserts) refuse one ("refused").
+# A group the family always has (GPT-2, Qwen2's q/k/v) is read by every runtime that runs the family.
+def _g(qkv: Support, o: Support, mlp: Support) -> dict[Group, Support]:
+    return {"qkv": qkv, "o": o, "mlp": mlp}
+
+
+Y, I, R, U = "yes", "ignored", "refused", "unknown"
+_ALL = _g(Y, Y, Y)
+
+
+def _rt(**by_runtime: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
+    """Support per runtime (keyword names: the runtime with '-', '.' and case dropped)."""
+    return {rt: by_runtime[rt.replace("-", "").replace(".", "").replace(" ", "").lower()] for rt in RUNTIMES}
+
+
+def _everywhere(row: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
+    return {rt: row for rt in RUNTIMES}
+
+
+def _ran(**by_runtime: tuple[Group, ...]) -> dict[str, tuple[Group, ...]]:
+    """The groups measured per runtime (keyword names as in ``_rt``); transformers runs every family's bakes."""
+    named = {rt.replace("-", "").replace(".", "").replace(" ", "").lower(): rt for rt in RUNTIMES}
+    return {"transformers": GROUPS, **{named[k]: v for k, v in by_runtime.items()}}
+
+
+QKV_O: tuple[Group, ...] = ("qkv", "o")
+_CT2_GEMMA = {("CTranslate2", g): "CTranslate2 4.8.5's Gemma and Gemma 2 converters copy the q/k/v/o weights only: "
+                                  "the converted model is the unbaked one" for g in QKV_O}
+
+
+def _no_family(runtime: str, family: str, why: str) -> dict[tuple[str, Group], str]:
+    """Notes for a runtime that refuses every checkpoint of the family, baked or not."""
+    return {(runtime, g): f"{runtime} refuses every {family} checkpoint, baked or not ({why})" for g in GROUPS}
+
+
+def _llamacpp_no_o_bias(family: str) -> dict[tuple[str, Group], str]:
+    return {("llama.cpp", "o"): f"llama.cpp's {family} has no attention-output bias and refuses a checkpoint with one; "
+                                "attention_bias brings q/k/v/o biases together, so bake the GGUF at attn_in instead "
+                                "(llama.cpp reads its q/k/v biases)"}
+
+
+def _qkv_gguf(name: str) -> Gguf:
+    """A llama.cpp architecture that creates the q/k/v biases only (as optional tensors)."""
+    return Gguf(name, {m: _LLAMA_GGUF_NAMES[m] for m in _QKV}, _GGUF_DIMS)
+
+
+def _opt_post_norm(cfg: Mapping) -> str | None:
+    if cfg.get("do_layer_norm_before", True):
+        return None
+    return ("its blocks normalise after each residual add (do_layer_norm_before=false, as OPT-350m), a form "
+            "bakesteer does not bake yet")
+
+
+_UNMEASURED = {**_everywhere(_g(U, U, U)), "transformers": _ALL}
+_NO_GENAI_BUILDER = "onnxruntime-genai 0.18.0's builder has no model for it"
+_NO_CT2_LOADER = "CTranslate2 4.8.5's converter has no loader for it"
+
+
+def _rt_only(**by_runtime: dict[Group, Support]) -> dict[str, dict[Group, Support]]:
+    """Rows for some runtimes only (keyword names as in ``_rt``), to override a shared row."""
+    named = {rt.replace("-", "").replace(".", "").replace(" ", "").lower(): rt for rt in RUNTIMES}
+    return {named[k]: v for k, v in by_runtime.items()}
+
+
+ARCHS: Mapping[str, Arch] = MappingProxyType({
+    a.name: a
+    for a in [
+        Arch(
+            "gpt2", ("gpt2",), ("GPT2LMHeadModel",), "transformer.h", "conv1d",
+            {"attn.c_attn": ALWAYS, "attn.c_proj": ALWAYS, "mlp.c_fc": ALWAYS, "mlp.c_proj": ALWAYS},
+            {
+                "attn_in": Site("ln_1", ("attn.c_attn",), "through"),  # fused q|k|v
+                "mlp_in": Site("ln_2", ("mlp.c_fc",), "through"),
+                "attn_out": Site("attn", ("attn.c_proj",), "direct"),
+                "mlp_out": Site("mlp", ("mlp.c_proj",), "direct"),
+                "resid": Site("", ("mlp.c_proj",), "direct"),
+            },
+            {"attn.c_attn": "qkv", "attn.c_proj": "o", "mlp.c_fc": "mlp", "mlp.c_proj": "mlp"},
+            dims=("n_embd", "n_layer"), context="n_positions", legacy={"n_ctx": "n_positions"},
+            final_norm="transformer.ln_f",
+            gguf=Gguf("gpt2", {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up",
+                               "mlp.c_proj": "ffn_down"}, {"n_embd": "embedding_length", "n_layer": "block_count"}),
+            runtimes={**_everywhere(_ALL), **_rt_only(mlxlm=_g(R, R, R), ctranslate2=_ALL, onnxruntime=_g(R, R, R))},
+            measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**_no_family("MLX-LM", "GPT-2", "0.32.2 wants the block keys unprefixed (h.N...), and "
+                                                   "transformers 5 writes transformer.h.N..."),
+                   **_no_family("ONNX Runtime", "GPT-2", _NO_GENAI_BUILDER)},
+        ),
+        Arch(
+            "gpt_neox", ("gpt_neox",), ("GPTNeoXForCausalLM",), "gpt_neox.layers", "linear",
+            {
+                "attention.query_key_value": "attention_bias",  # fused, interleaved per head
+                "attention.dense": "attention_bias",
+                "mlp.dense_h_to_4h": ALWAYS,
+                "mlp.dense_4h_to_h": ALWAYS,
+            },
+            {  # parallel residual or not, the MLP output is added straight to the residual
+                "attn_in": Site("input_layernorm", ("attention.query_key_value",), "through"),
+                "mlp_in": Site("post_attention_layernorm", ("mlp.dense_h_to_4h",), "through"),
+                "attn_out": Site("attention", ("attention.dense",), "direct"),
+                "mlp_out": Site("mlp", ("mlp.dense_4h_to_h",), "direct"),
+                "resid": Site("", ("mlp.dense_4h_to_h",), "direct"),
+            },
+            {"attention.query_key_value": "qkv", "attention.dense": "o", "mlp.dense_h_to_4h": "mlp",
+             "mlp.dense_4h_to_h": "mlp"},
+            defaults={"attention_bias": True}, final_norm="gpt_neox.final_layer_norm",
+            legacy={"rotary_pct": "partial_rotary_factor", "rotary_emb_base": "rope_theta"},
+            gguf=Gguf("gptneox", {"attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
+                                  "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}, _GGUF_DIMS),
+            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL,
+                         sglang=_g(U, U, Y), exllamav2=_g(U, U, U), ctranslate2=_g(R, R, R), onnxruntime=_g(R, R, R)),
+            measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**_no_family("CTranslate2", "GPT-NeoX", "its converter reads config.rotary_pct from the loaded "
+                                                           "config, which transformers 5 no longer keeps"),
+                   **_no_family("ONNX Runtime", "GPT-NeoX", _NO_GENAI_BUILDER)},
+        ),
+        Arch("llama", ("llama",), ("LlamaForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS, _PRE_NORM_SITES,
+             _LLAMA_GROUPS, defaults=_NO_BIAS, gguf=Gguf("llama", _LLAMA_GGUF_NAMES, _GGUF_DIMS),
+             runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL, sglang=_g(Y, Y, I),
+                          exllamav2=_ALL, ctranslate2=_ALL, onnxruntime=_ALL),
+             measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+             notes={("SGLang", "mlp"): "SGLang builds Llama's MLP without biases: a resid/mlp bake loads but does "
+                                       "nothing"}),
+        Arch(
+            "granite", ("granite",), ("GraniteForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS,
+            {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},
+            _LLAMA_GROUPS, defaults={**_NO_BIAS, "residual_multiplier": 1.0},
+            gguf=Gguf("granite", _LLAMA_GGUF_NAMES, {**_GGUF_DIMS, "residual_multiplier": "residual_scale"}),
+            runtimes=_rt(transformers=_ALL, vllm=_ALL, llamacpp=_ALL, mlxlm=_ALL, tgi=_ALL,
+                         sglang=_g(I, I, I), exllamav2=_ALL, ctranslate2=_g(R, R, R), onnxruntime=_ALL),
+            measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes=_no_family("CTranslate2", "Granite", _NO_CT2_LOADER),
+        ),
+        Arch(
+            "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
+            {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES, _LLAMA_GROUPS,
+            relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play),
+            defaults={"sliding_window": 4096, "max_position_embeddings": 131072},
+        ),
+        Arch(
+            "qwen2", ("qwen2",), ("Qwen2ForCausalLM",), "model.layers", "linear",
+            {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
+            relabel=Relabel(
+                "llama", drop=("sliding_window", "use_sliding_window", "max_window_layers", "layer_types"),
+                blocker=_sliding_window_in_play,
+            ),
+            defaults={"use_sliding_window": False},
+            # llama.cpp's qwen2 creates the q/k/v biases only: a GGUF bakes attn_in and refuses the rest
+            gguf=_qkv_gguf("qwen2"),
+            runtimes=_everywhere(_g(Y, U, U)),
+            measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),
+        ),
+        Arch("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
+             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM, gguf=_qkv_gguf("qwen3"),
+             runtimes=_rt(transformers=_ALL, vllm=_g(Y, I, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
+                          tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(Y, Y, U),
+                          onnxruntime=_g(Y, Y, U)),
+             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+             notes={("vLLM", "o"): "vLLM's Qwen3 builds o_proj with bias=False: an attn_out or approximate bake is "
+                                   "dropped", **_llamacpp_no_o_bias("qwen3")}),
+        Arch("gemma", ("gemma",), ("GemmaForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _PRE_NORM_SITES,
+             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM, gguf=_qkv_gguf("gemma"),
+             runtimes=_rt(transformers=_ALL, vllm=_g(I, I, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
+                          tgi=_g(I, I, U), sglang=_g(I, I, U), exllamav2=_g(Y, Y, U), ctranslate2=_g(I, I, U),
+                          onnxruntime=_g(Y, Y, U)),
+             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+             notes={**_CT2_GEMMA, **_llamacpp_no_o_bias("gemma")}),
+        Arch("gemma2", ("gemma2",), ("Gemma2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _SANDWICH_SITES,
+             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM, gguf=_qkv_gguf("gemma2"),
+             runtimes=_rt(transformers=_ALL, vllm=_g(Y, Y, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
+                          tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(Y, Y, U), ctranslate2=_g(I, I, U),
+                          onnxruntime=_g(Y, Y, U)),
+             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+             notes={**_CT2_GEMMA, **_llamacpp_no_o_bias("gemma2")}),
+        Arch("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
+             _SANDWICH_SITES, _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
+             gguf=_qkv_gguf("gemma3"),
+             runtimes=_rt(transformers=_ALL, vllm=_g(Y, Y, U), llamacpp=_g(Y, R, U), mlxlm=_g(R, R, R),
+                          tgi=_g(I, I, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(Y, Y, U),
+                          onnxruntime=_g(R, R, R)),
+             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=GROUPS),
+             notes={**_no_family("ONNX Runtime", "Gemma3", "its builder reads rope_parameters['rope_type'], which "
+                                                           "transformers 5 nests per layer type"),
+                    **_llamacpp_no_o_bias("gemma3")}),
+        Arch("olmo2", ("olmo2",), ("Olmo2ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
+             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM, gguf=_qkv_gguf("olmo2"),
+             runtimes=_rt(transformers=_ALL, vllm=_g(I, I, U), llamacpp=_g(Y, R, U), mlxlm=_ALL,
+                          tgi=_g(U, U, U), sglang=_g(Y, Y, U), exllamav2=_g(U, U, U), ctranslate2=_g(R, R, R),
+                          onnxruntime=_g(R, R, R)),
+             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=GROUPS, onnxruntime=GROUPS),
+             notes={**_llamacpp_no_o_bias("olmo2"), **_no_family("CTranslate2", "OLMo2", _NO_CT2_LOADER),
+                    **_no_family("ONNX Runtime", "OLMo2", _NO_GENAI_BUILDER)}),
+        Arch("smollm3", ("smollm3",), ("SmolLM3ForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS,
+             _PRE_NORM_SITES, _LLAMA_GROUPS, defaults=_NO_BIAS, runtimes=_UNMEASURED),
+        Arch(
+            "starcoder2", ("starcoder2",), ("Starcoder2ForCausalLM",), "model.layers", "linear",
+            {**{m: "use_bias" for m in (*_QKV, _O)}, "mlp.c_fc": "use_bias", "mlp.c_proj": "use_bias"},
+            {**_PRE_NORM_SITES, "mlp_in": Site("post_attention_layernorm", ("mlp.c_fc",), "through"),
+             "mlp_out": Site("mlp", ("mlp.c_proj",), "direct"), "resid": Site("", ("mlp.c_proj",), "direct")},
+            {**{m: "qkv" for m in _QKV}, _O: "o", "mlp.c_fc": "mlp", "mlp.c_proj": "mlp"},
+            defaults={"use_bias": True}, runtimes=_UNMEASURED,
+        ),
+        Arch(  # parallel block: x + attn(ln(x)) + mlp(ln(x)); attn_in/mlp_in are each branch's own input
+            "phi", ("phi",), ("PhiForCausalLM",), "model.layers", "linear",
+            {**{m: ALWAYS for m in _QKV}, "self_attn.dense": ALWAYS, "mlp.fc1": ALWAYS, "mlp.fc2": ALWAYS},
+            {"attn_in": Site("self_attn", _QKV, "through", at="input"),
+             "mlp_in": Site("mlp", ("mlp.fc1",), "through", at="input"),
+             "attn_out": Site("self_attn", ("self_attn.dense",), "direct"),
+             "mlp_out": Site("mlp", ("mlp.fc2",), "direct"),
+             "resid": Site("", ("mlp.fc2",), "direct")},
+            {**{m: "qkv" for m in _QKV}, "self_attn.dense": "o", "mlp.fc1": "mlp", "mlp.fc2": "mlp"},
+            final_norm="model.final_layernorm", runtimes=_UNMEASURED,
+        ),
+        Arch(  # fc1/fc2 are members of the block itself (no MLP module): mlp_out is fc2's output
+            "opt", ("opt",), ("OPTForCausalLM",), "model.decoder.layers", "linear",
+            {m: "enable_bias" for m in (*_QKV, "self_attn.out_proj", "fc1", "fc2")},
+            {"attn_in": Site("self_attn_layer_norm", _QKV, "through"),
+             "mlp_in": Site("final_layer_norm", ("fc1",), "through"),
+             "attn_out": Site("self_attn", ("self_attn.out_proj",), "direct"),
+             "mlp_out": Site("fc2", ("fc2",), "direct"),
+             "resid": Site("", ("fc2",), "direct")},
+            {**{m: "qkv" for m in _QKV}, "self_attn.out_proj": "o", "fc1": "mlp", "fc2": "mlp"},
+            defaults={"enable_bias": True, "do_layer_norm_before": True}, unsupported=_opt_post_norm,
+            final_norm="model.decoder.final_layer_norm",
+            runtimes=_UNMEASURED,
+        ),
+    ]
+})
