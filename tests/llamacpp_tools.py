@@ -56,8 +56,8 @@ if no_sp:
     g.GemmaModel.set_vocab = g.Gemma2Model.set_vocab = TextModel._set_vocab_gpt2
 if raw:
     load = ModelBase.load_hparams
-    def with_json(folder, *rest):
-        return {**json.loads((folder / "config.json").read_text()), **load(folder, *rest)}
+    def with_json(folder, *rest, **kw):
+        return {**json.loads((folder / "config.json").read_text()), **load(folder, *rest, **kw)}
     ModelBase.load_hparams = staticmethod(with_json)
 runpy.run_path(conv, run_name="__main__")
 """

@@ -94,4 +94,5 @@ def test_find_arch_refuses_in_one_sentence():
     with pytest.raises(BakesteerError, match="GGUF architecture 'phi3' is not in bakesteer's table"):
         find_arch(gguf="phi3")
     assert {find_arch(gguf=a.gguf.name).name for a in ARCHS.values() if a.gguf} == {
-        "llama", "gpt2", "gpt_neox", "granite", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2"}
+        "llama", "gpt2", "gpt_neox", "granite", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "smollm3",
+        "starcoder2", "phi"}

@@ -41,7 +41,7 @@ def _reference(model, text: str, site: str, layer: int, span: slice) -> np.ndarr
     got = {}
 
     def hook(hidden):
-        got["h"] = hidden[0]
+        got["h"] = hidden[0] if hidden.dim() == 3 else hidden  # OPT's fc2 gives the (T, H) rows of one text
 
     h = watch(*site_at(model, site, layer), hook)
     try:

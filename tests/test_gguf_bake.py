@@ -33,6 +33,7 @@ _LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn
 _QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2")  # llama.cpp has only their q/k/v biases
 CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reordering, transpose, metadata)
     "llama": ("model.layers", _LLAMA, "rope", False, {}),
+    "smollm3": ("model.layers", _LLAMA, "rope", False, {}),  # llama.cpp has only its q/k/v biases
     "granite": ("model.layers", _LLAMA, "rope", False, {"residual_scale": "residual_multiplier"}),
     **{f: ("model.layers", _LLAMA, None, False, {}) for f in _QKV_ONLY},
     "gpt2": ("transformer.h", {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up",
@@ -40,9 +41,13 @@ CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reord
     "gpt_neox": ("gpt_neox.layers", {"attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
                                      "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}, "heads", False,
                  {}),
+    "starcoder2": ("model.layers", {**_LLAMA, "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}, None, False, {}),
+    "phi": ("model.layers", {**_LLAMA, "self_attn.dense": "attn_output", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"},
+            None, False, {}),
 }
-GGUF_NAME = {"gpt_neox": "gptneox"}  # llama.cpp's architecture name where it is not the family's
-GGUF_SITES = {"llama": 5, "granite": 5, "gpt2": 5, "gpt_neox": 5, **{f: 1 for f in _QKV_ONLY}}
+GGUF_NAME = {"gpt_neox": "gptneox", "phi": "phi2"}  # llama.cpp's architecture name where it is not the family's
+GGUF_SITES = {"llama": 5, "granite": 5, "gpt2": 5, "gpt_neox": 5, "starcoder2": 5, "phi": 5, "smollm3": 1,
+              **{f: 1 for f in _QKV_ONLY}}
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:

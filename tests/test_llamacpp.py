@@ -166,10 +166,16 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
 
 # Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
 # creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
-EVERY_GROUP = ["gpt2", "gpt_neox", "granite"]
-QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2"]
-# what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp
-_FIT = {f: dict(tie_word_embeddings=True) for f in ("gemma", "gemma2", "gemma3")}
+EVERY_GROUP = ["gpt2", "gpt_neox", "granite", "starcoder2", "phi"]
+QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "smollm3"]
+# what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp; its
+# phi2 has one key/value head per query head and a 4x MLP (as Phi-2); its SmolLM3 is ~10 logits off transformers'
+# on the unbaked tiny model's NoPE block (a disagreement of the two implementations, baked or not), so the tiny
+# SmolLM3 here has three blocks with RoPE
+_FIT = {**{f: dict(tie_word_embeddings=True) for f in ("gemma", "gemma2", "gemma3")},
+        "phi": dict(num_key_value_heads=4, intermediate_size=4 * HIDDEN),
+        "smollm3": dict(use_sliding_window=False, num_hidden_layers=3, no_rope_layers=[1, 1, 1],
+                        layer_types=["full_attention"] * 3)}
 _CONVERT = {"gemma": dict(no_sentencepiece=True), "gemma2": dict(no_sentencepiece=True),
             "gpt_neox": dict(raw_config=True)}  # see tests/llamacpp_tools.py: stand-ins for the user's environment
 IDS = list(range(5, 29))
@@ -224,8 +230,8 @@ def _zero_biases(path) -> set[str]:
     return {t.name for t in gguf.GGUFReader(str(path)).tensors if t.name.endswith(".bias") and not t.data.any()}
 
 
-@pytest.mark.parametrize("family,site", [*((f, s) for f in ("gpt2", "gpt_neox") for s in ("attn_in", "mlp_in",
-                                                                                            "attn_out", "resid")),
+@pytest.mark.parametrize("family,site", [*((f, s) for f in EVERY_GROUP if f != "granite"
+                                            for s in ("attn_in", "mlp_in", "attn_out", "resid")),
                                          ("granite", "attn_out")])  # Granite's other groups: the test above
 def test_converted_tiny_bake_runs_in_llamacpp(tmp_path, converted, family, site):
     """One site per bias group (mlp_out writes resid's tensor). A bake converted by llama.cpp's converter gives
@@ -238,21 +244,22 @@ def test_converted_tiny_bake_runs_in_llamacpp(tmp_path, converted, family, site)
     assert np.abs(got - plain_cpp).max() >= 100 * tol
 
 
-@pytest.mark.parametrize("family,site", [(f, s) for f in QKV_ONLY for s in ("attn_in", "attn_out")])
+@pytest.mark.parametrize("family,site", [*((f, s) for f in QKV_ONLY for s in ("attn_in", "attn_out")),
+                                         ("smollm3", "mlp_in")])
 def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, family, site):
     """attn_in and attn_out switch attention_bias on, so both bakes carry q/k/v and o biases (zero where not
     steered). llama.cpp refuses each as converted (its source runs). Without the zero o biases, the attn_in bake
     runs with transformers' logits; without the zero q/k/v biases, the attn_out bake is still refused: the o bias
-    alone is what llama.cpp will not load."""
+    alone is what llama.cpp will not load. SmolLM3's MLP biases (mlp_bias) are refused the same way."""
     baked, tol, plain_cpp = _bake_and_convert(converted, tmp_path, family, site)
     with pytest.raises(ValueError, match="Failed to load model"):
         load(tmp_path / "hf.gguf")
     zeros = _zero_biases(tmp_path / "hf.gguf")
-    steered = {f"blk.{b}.attn_{n}.bias" for b in SEVERAL for n in (("q", "k", "v") if site == "attn_in" else
-                                                                     ("output",))}
+    names = {"attn_in": ("attn_q", "attn_k", "attn_v"), "attn_out": ("attn_output",), "mlp_in": ("ffn_gate", "ffn_up")}
+    steered = {f"blk.{b}.{n}.bias" for b in SEVERAL for n in names[site]}
     assert zeros and not zeros & steered
     without(tmp_path / "hf.gguf", tmp_path / "trimmed.gguf", zeros)
-    if site == "attn_out":
+    if site != "attn_in":
         with pytest.raises(ValueError, match="Failed to load model"):
             load(tmp_path / "trimmed.gguf")
         return
@@ -263,7 +270,8 @@ def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, fa
 
 
 @pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in QKV_ONLY),
-                                         *(("gpt_neox", s) for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
+                                         *((f, s) for f in ("gpt_neox", "starcoder2", "phi")
+                                           for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
 def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path, converted, family, site):
     """bakesteer's GGUF bake of the converter's output (the q/k/v biases only, where that is all llama.cpp
     creates) gives transformers' hooked logits in llama.cpp."""
@@ -279,4 +287,14 @@ def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path
 def test_the_table_marks_these_families_measured_in_llamacpp():
     """SmolLM2 (Llama: every group), Qwen2 (q/k/v) and the tiny families above."""
     the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", **{f: "yes" for f in EVERY_GROUP},
-                                 **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY}})
+                                 **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
+                                 "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"}, "opt": "refused"})
+
+
+def test_llamacpp_converter_refuses_opt(tmp_path, converted):
+    """llama.cpp has no OPT architecture: its converter refuses the unbaked model (so any bake)."""
+    import subprocess
+
+    with pytest.raises(subprocess.CalledProcessError) as refusal:
+        converted("opt")
+    assert b"OPTForCausalLM is not supported" in refusal.value.stderr

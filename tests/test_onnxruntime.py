@@ -36,22 +36,31 @@ from onnx_tools import eos_ids, export, greedy, load, logits, onnx_bias_names  #
 # up to ~6; 100x TOL is still below the weakest steer, Granite attn_out's 0.10) and ≤ 1.2e-4 on the SmolLM2 bakes
 # (logits up to ~30; MLX-LM's bound for them too)
 TOL = 1e-4
+FAMILY_TOL = {"phi": 2e-3}  # the builder's Phi MLP (its own GELU kernel): 8.5e-4 off on the unbaked tiny source
 SMOL_TOL = 1e-3
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 IDS = [3, 17, 42, 8, 91, 5, 66, 23, 7, 12, 30, 2]  # tiny models: 12 tokens, beyond Gemma2's sliding window of 8
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # within the tiny vocabulary (the builder reads them)
+# the builder's GroupQueryAttention wants a rotary cache of a multiple of 8: Phi's default half-rotary 16-wide heads
+# give 4, so the tiny Phi rotates whole heads
+FIT = {"phi": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0})}
 # families the builder builds (Mistral and Qwen2 bakes at a site they have no slot for are written as Llama)
-BUILT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "granite")
+BUILT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "granite", "phi")
 CELLS = [(f, s) for f in BUILT for s in exact_sites(CONFIGS[f]().to_dict())]
 # families it refuses: onnxruntime_genai/models/builder.py create_model dispatches on config.architectures[0] and
 # has no GPT2LMHeadModel, GPTNeoXForCausalLM or Olmo2ForCausalLM; builders/base.py Model.make_rope_init reads
 # config.rope_parameters["rope_type"], which transformers 5 nests per layer type for Gemma3
 NOT_BUILT = {"gpt2": (NotImplementedError, "is not currently supported"),
              "gpt_neox": (NotImplementedError, "is not currently supported"),
-             "olmo2": (NotImplementedError, "is not currently supported"), "gemma3": (KeyError, "rope_type")}
+             "olmo2": (NotImplementedError, "is not currently supported"), "gemma3": (KeyError, "rope_type"),
+             "starcoder2": (NotImplementedError, "is not currently supported"),
+             # builders/smollm.py fails on a NoPE block (every 4th in SmolLM3's default no_rope_layers)
+             "smollm3": (KeyError, "position_ids"),
+             "opt": (NotImplementedError, "is not currently supported")}
 # the exported graph's name for the bias a site folds into (block 1)
 FOLDED = {"attn_in": ["attn.qkv_proj"], "mlp_in": ["mlp.gate_proj", "mlp.up_proj"], "attn_out": ["attn.o_proj"],
           "mlp_out": ["mlp.down_proj"], "resid": ["mlp.down_proj"]}
+FOLDED_PHI = {**FOLDED, "mlp_in": ["mlp.fc1"], "mlp_out": ["mlp.fc2"], "resid": ["mlp.fc2"]}
 
 
 def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -70,7 +79,7 @@ def _tiny_bake(src: Path, out: Path, site: str) -> Path:
 def _tiny_source(path: Path, family: str) -> Path:
     """A tiny model with the character tokenizer, whose end-of-sequence token is the config's (id 2, '!'): the
     builder adds the tokenizer's eos to genai_config.json, and a Qwen2 tokenizer's default one is out of range."""
-    make_model(family, **TOKENS).save_pretrained(path)
+    make_model(family, **TOKENS, **FIT.get(family, {})).save_pretrained(path)
     save_char_tokenizer(path)
     cfg = json.loads((path / "tokenizer_config.json").read_text())
     (path / "tokenizer_config.json").write_text(json.dumps({**cfg, "eos_token": "!"}))
@@ -133,12 +142,13 @@ def test_tiny_bake_runs_in_onnxruntime(tmp_path, tiny_source, family, site):
     out = _tiny_bake(src, tmp_path / "baked", site)
     onnx = export(out, tmp_path / "onnx")
     got = logits(load(onnx), IDS)
-    err = np.abs(got - _hf_logits(out, IDS)).max()
-    assert err <= TOL, f"ONNX Runtime vs transformers on the {family} {site} bake: {err:.2e}"
+    err, tol = np.abs(got - _hf_logits(out, IDS)).max(), FAMILY_TOL.get(family, TOL)
+    assert err <= tol, f"ONNX Runtime vs transformers on the {family} {site} bake: {err:.2e}"
     effect = np.abs(got - plain).max()
-    assert effect >= 100 * TOL, f"the steer moved ONNX Runtime's logits by only {effect:.2e}"
+    assert effect >= 100 * tol, f"the steer moved ONNX Runtime's logits by only {effect:.2e}"
     names = onnx_bias_names(onnx)
-    assert all(f"model.layers.1.{m}.Add.bias" in names for m in FOLDED[site]), sorted(names)
+    folded = (FOLDED_PHI if family == "phi" else FOLDED)[site]
+    assert all(f"model.layers.1.{m}.Add.bias" in names for m in folded), sorted(names)
 
 
 @pytest.mark.parametrize("family", sorted(NOT_BUILT))

@@ -40,7 +40,7 @@ CONFIGS = {
                                      use_sliding_window=True, sliding_window=8,
                                      layer_types=["sliding_attention", "full_attention"] * 2),
     "starcoder2": lambda: Starcoder2Config(**_COMMON, bos_token_id=1, eos_token_id=2),
-    "phi": lambda: PhiConfig(**_COMMON, qk_layernorm=True),  # q/k norms after the biased q/k projections
+    "phi": lambda: PhiConfig(**_COMMON),
     "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
                              ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=HIDDEN,
                              tie_word_embeddings=False),
