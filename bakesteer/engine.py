@@ -366,9 +366,12 @@ class Model:
         """Logits from the last block's hidden state, with the resident final norm and head (and the family's
         logit scaling or soft-capping)."""
         logits = self.model.get_output_embeddings()(self._final_norm()[1](h))
-        scale = getattr(self.config, "logits_scaling", None)
+        scale = getattr(self.config, "logits_scaling", None)  # Granite divides
         if scale:
             logits = logits / scale
+        factor = getattr(self.config, "logit_scale", None)  # Cohere multiplies
+        if factor:
+            logits = logits * factor
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -318,5 +318,38 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                    **_no_family("MLX-LM", "OPT", "MLX-LM 0.32.2 has no OPT model"),
                    **_no_family("ONNX Runtime", "OPT", _NO_GENAI_BUILDER)},
         ),
+        Arch(  # parallel block: x + attn(ln_1(x)) + mlp(ln_1(x)); only the MLP has biases
+            "gptj", ("gptj",), ("GPTJForCausalLM",), "transformer.h", "linear",
+            {**{f"attn.{m}": NEVER for m in ("q_proj", "k_proj", "v_proj", "out_proj")}, "mlp.fc_in": ALWAYS,
+             "mlp.fc_out": ALWAYS},
+            {"attn_in": Site("attn", None, "through", at="input", why_not="GPT-J builds q/k/v with bias=False"),
+             "mlp_in": Site("mlp", ("mlp.fc_in",), "through", at="input"),
+             "attn_out": Site("attn", ("mlp.fc_out",), "direct"),  # summed with the MLP's output: fc_out's bias
+             "mlp_out": Site("mlp", ("mlp.fc_out",), "direct"),
+             "resid": Site("", ("mlp.fc_out",), "direct")},
+            {"attn.q_proj": "qkv", "attn.k_proj": "qkv", "attn.v_proj": "qkv", "attn.out_proj": "o",
+             "mlp.fc_in": "mlp", "mlp.fc_out": "mlp"},
+            dims=("n_embd", "n_layer"), context="n_positions", final_norm="transformer.ln_f",
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(R, R, R), mlxlm=_ALL, ctranslate2=_ALL,
+                                                onnxruntime=_g(R, R, R))},
+            measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**_no_family("llama.cpp", "GPT-J", "llama.cpp's converter has no GPT-J"),
+                   **_no_family("ONNX Runtime", "GPT-J", _NO_GENAI_BUILDER)},
+        ),
+        *(Arch(  # parallel block: x + attn(ln(x)) + mlp(ln(x)); the MLP has no bias, the attention's o does
+            name, (name,), (cls,), "model.layers", "linear", _NO_MLP_BIAS,
+            {"attn_in": Site("self_attn", _QKV, "through", at="input"),
+             "mlp_in": Site("mlp", None, "through", at="input", why_not=f"{name} builds gate/up with bias=False"),
+             "attn_out": Site("self_attn", (_O,), "direct"),
+             "mlp_out": Site("mlp", (_O,), "direct"),  # summed with the attention's output: the o bias
+             "resid": Site("", (_O,), "direct")},
+            _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, gguf=_qkv_gguf(gguf_name),
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**_llamacpp_no_o_bias(gguf_name), **_no_family("CTranslate2", shown, _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", shown, _NO_GENAI_BUILDER)},
+        ) for name, shown, cls, gguf_name in (("cohere", "Cohere", "CohereForCausalLM", "command-r"),
+                                               ("cohere2", "Cohere2", "Cohere2ForCausalLM", "cohere2"))),
     ]
 })

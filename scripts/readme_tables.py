@@ -41,7 +41,7 @@ def equivalence() -> str:
 def fp32_rounding() -> str:
     """fp32's own error (hooked fp32 vs hooked fp64) on the real model, three layers."""
     row = next(r for r in _equivalence_rows() if r.startswith("| SmolLM2") and "×3" in r)
-    return row.split("|")[5].strip()
+    return row.split("|")[6].strip()
 
 
 def bench_extract() -> str:

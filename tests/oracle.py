@@ -65,6 +65,18 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.decoder.layers.{L}.fc2", "output"),
         "resid": ("model.decoder.layers.{L}", "output"),
     },
+    "gptj": {  # parallel; q/k/v without bias: no attn_in
+        "mlp_in": ("transformer.h.{L}.mlp", "input"),
+        "attn_out": ("transformer.h.{L}.attn", "output"),
+        "mlp_out": ("transformer.h.{L}.mlp", "output"),
+        "resid": ("transformer.h.{L}", "output"),
+    },
+    **{name: {  # parallel; MLP without bias: no mlp_in
+        "attn_in": ("model.layers.{L}.self_attn", "input"),
+        "attn_out": ("model.layers.{L}.self_attn", "output"),
+        "mlp_out": ("model.layers.{L}.mlp", "output"),
+        "resid": ("model.layers.{L}", "output"),
+    } for name in ("cohere", "cohere2")},
 }
 
 

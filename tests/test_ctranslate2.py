@@ -36,12 +36,13 @@ TOL = 1e-4  # CTranslate2's CPU float32 kernels against torch's, tiny models: me
 SMOL_TOL = 2e-3  # the same on SmolLM2-135M, logits up to ~30: measured <= 1.3e-4 (tests/test_llamacpp.py's bound)
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 # the converter keeps every bias a bake writes (Mistral bakes, relabelled to Llama, go through LlamaLoader)
-KEPT = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "gpt2", "opt"]
+KEPT = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "gptj"]
 DROPPED = ["gemma", "gemma2"]  # converts, attention biases dropped
 REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "No conversion is registered"),
            "olmo2": (ValueError, "No conversion is registered"),
            "smollm3": (ValueError, "No conversion is registered"),
            "starcoder2": (ValueError, "No conversion is registered"),
+           **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2")},
            "phi": (AttributeError, "n_layer")}  # its PhiLoader reads config.n_layer, which PhiConfig does not have
 # CTranslate2 limits unrelated to biases, kept out of the way: its Gemma2 has no sliding window or soft-capping
 # (1.5 off on the tiny source), its Gemma3 fails on a prompt longer than the window (a buffer size error)

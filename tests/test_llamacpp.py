@@ -167,15 +167,19 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
 # Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
 # creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
 EVERY_GROUP = ["gpt2", "gpt_neox", "granite", "starcoder2", "phi"]
-QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "smollm3"]
+QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "smollm3", "cohere", "cohere2"]
+NO_CONVERTER = ["opt", "gptj"]  # llama.cpp has no such architecture
 # what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp; its
 # phi2 has one key/value head per query head and a 4x MLP (as Phi-2); its SmolLM3 is ~10 logits off transformers'
 # on the unbaked tiny model's NoPE block (a disagreement of the two implementations, baked or not), so the tiny
 # SmolLM3 here has three blocks with RoPE
-_FIT = {**{f: dict(tie_word_embeddings=True) for f in ("gemma", "gemma2", "gemma3")},
+_FIT = {**{f: dict(tie_word_embeddings=True) for f in ("gemma", "gemma2", "gemma3", "cohere", "cohere2")},
         "phi": dict(num_key_value_heads=4, intermediate_size=4 * HIDDEN),
         "smollm3": dict(use_sliding_window=False, num_hidden_layers=3, no_rope_layers=[1, 1, 1],
                         layer_types=["full_attention"] * 3)}
+# llama.cpp's converter reads Cohere2's rotary_pct, which transformers 5's Cohere2Config does not write (it rotates
+# whole heads): put in config.json as 1.0
+_CONFIG_KEYS = {"cohere2": {"rotary_pct": 1.0}}
 _CONVERT = {"gemma": dict(no_sentencepiece=True), "gemma2": dict(no_sentencepiece=True),
             "gpt_neox": dict(raw_config=True)}  # see tests/llamacpp_tools.py: stand-ins for the user's environment
 IDS = list(range(5, 29))
@@ -200,7 +204,8 @@ def converted(tmp_path_factory, smollm2):
             model = make_model(family, vocab_size=49152, bos_token_id=1, eos_token_id=2, **_FIT.get(family, {}))
             model.save_pretrained(src)
             cfg = src / "config.json"
-            cfg.write_text(json.dumps(for_every_reader(json.loads(cfg.read_text()))))
+            written = for_every_reader(json.loads(cfg.read_text()))
+            cfg.write_text(json.dumps({**written, **_CONFIG_KEYS.get(family, {})}))
             for name in ("tokenizer.json", "tokenizer_config.json"):
                 shutil.copy(smollm2 / name, src / name)
             convert(src, src.with_suffix(".gguf"), **_CONVERT.get(family, {}))
@@ -288,13 +293,15 @@ def test_the_table_marks_these_families_measured_in_llamacpp():
     """SmolLM2 (Llama: every group), Qwen2 (q/k/v) and the tiny families above."""
     the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", **{f: "yes" for f in EVERY_GROUP},
                                  **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
-                                 "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"}, "opt": "refused"})
+                                 "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"},
+                                 **{f: "refused" for f in NO_CONVERTER}})
 
 
-def test_llamacpp_converter_refuses_opt(tmp_path, converted):
-    """llama.cpp has no OPT architecture: its converter refuses the unbaked model (so any bake)."""
+@pytest.mark.parametrize("family", NO_CONVERTER)
+def test_llamacpp_converter_refuses_the_family(tmp_path, converted, family):
+    """llama.cpp has no OPT or GPT-J architecture: its converter refuses the unbaked model (so any bake)."""
     import subprocess
 
     with pytest.raises(subprocess.CalledProcessError) as refusal:
-        converted("opt")
-    assert b"OPTForCausalLM is not supported" in refusal.value.stderr
+        converted(family)
+    assert b"ForCausalLM is not supported" in refusal.value.stderr

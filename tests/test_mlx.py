@@ -47,7 +47,8 @@ GEMMA_TOL = 5e-3  # MLX-LM's Gemma MLP uses exact GELU, transformers' the tanh f
 THETA = 500000.0  # not MLX-LM's fallback of 10000, so a lost rope_theta shows
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 # every bias group a bake writes runs in MLX-LM (Mistral bakes, and Qwen2 bakes outside q/k/v, are written as Llama)
-KEPT = ["llama", "granite", "mistral", "qwen2", "olmo2", "gpt_neox", "phi", "smollm3", "starcoder2"]
+KEPT = ["llama", "granite", "mistral", "qwen2", "olmo2", "gpt_neox", "phi", "smollm3", "starcoder2", "gptj", "cohere",
+        "cohere2"]
 REFUSED = ["qwen3", "gemma", "gemma2", "gemma3"]  # strict load: the q/k/v/o biases are "not in model"
 _GPT2_KEYS = (ValueError, r"parameters not in model: \nmodel\.transformer\.h\.0\.")
 FAMILY_REFUSED = {"gpt2": [_GPT2_KEYS]}
@@ -55,10 +56,12 @@ NO_MODEL: list[str] = ["opt"]  # families MLX-LM has no model for
 # MLX-LM limits unrelated to biases, kept out of the way: Gemma and Gemma2 always tie the output embedding (as the
 # real models do), Gemma2 has no sliding window (1.9 off with a window of 8), Gemma3's masks take block 5 (fewer
 # blocks: IndexError), GPT-NeoX builds a 4x MLP whatever intermediate_size says and uses the tanh GELU (1.7e-3
-# off transformers' default exact GELU), StarCoder2 uses the exact GELU (1.3e-3 off its default tanh form)
+# off transformers' default exact GELU), StarCoder2 uses the exact GELU (1.3e-3 off its default tanh form), Cohere
+# and Cohere2 always tie the output embedding (as the released models do)
 FIT = {"gemma": dict(tie_word_embeddings=True), "gemma2": dict(tie_word_embeddings=True, sliding_window=64),
        "gemma3": dict(num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"]),
-       "gpt_neox": dict(intermediate_size=4 * HIDDEN, hidden_act="gelu_new"), "starcoder2": dict(hidden_act="gelu")}
+       "gpt_neox": dict(intermediate_size=4 * HIDDEN, hidden_act="gelu_new"), "starcoder2": dict(hidden_act="gelu"),
+       "cohere": dict(tie_word_embeddings=True), "cohere2": dict(tie_word_embeddings=True)}
 
 
 def _sites(names) -> list[tuple[str, str]]:

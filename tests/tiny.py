@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
-from transformers import (GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, GraniteConfig,
+from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config,
+                          GPTJConfig, GPTNeoXConfig, GraniteConfig,
                           LlamaConfig, MistralConfig, Olmo2Config, OPTConfig, PhiConfig, Qwen2Config, Qwen3Config,
                           SmolLM3Config, Starcoder2Config)
 
@@ -44,6 +45,12 @@ CONFIGS = {
     "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
                              ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=HIDDEN,
                              tie_word_embeddings=False),
+    "gptj": lambda: GPTJConfig(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, rotary_dim=8,
+                               n_positions=256, tie_word_embeddings=False),
+    "cohere": lambda: CohereConfig(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # Cohere2: sliding blocks with RoPE, every 4th block full attention without it (the released pattern)
+    "cohere2": lambda: Cohere2Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=8,
+                                     layer_types=["sliding_attention"] * 3 + ["full_attention"]),
 }
 
 
