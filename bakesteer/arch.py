@@ -113,9 +113,9 @@ def _resolve(arch: Arch, cfg: Mapping, site_name: str) -> FoldTarget | str:
     if arch.relabel is None:
         return f"{arch.name} builds {', '.join(site.fold)} with bias=False, so there is no bias slot"
     blocker = arch.relabel.blocker(cfg)
-    if blocker is not None:
+    if blocker is not None and arch.relabel.windowed is None:
         return f"{arch.name} has no bias slot there and {blocker}"
-    target = ARCHS[arch.relabel.to]
+    target = ARCHS[arch.relabel.to if blocker is None else arch.relabel.windowed]
     tsite = target.sites[site_name]
     # biases the source always has must load in the target, so their flags go on too
     kept = {target.bias_slot(m) for m, s in arch.linears.items() if s == ALWAYS}

@@ -75,6 +75,8 @@ class Relabel:
     to: str  # key of the target family in ARCHS
     drop: tuple[str, ...] = ()  # config keys the target family does not know
     blocker: Callable[[Mapping], str | None] = lambda cfg: None  # why it is not exact here, or None
+    windowed: str | None = None  # the target instead when the blocker is a sliding window it can express
+    windowed_config: Callable[[Mapping], dict] = lambda cfg: {}  # config keys written for that target
 
 
 @dataclass(frozen=True)

@@ -165,9 +165,12 @@ def _zeros_for_flags(ckpt: TensorSource, arch: Arch, flags: list[str], n_layers:
 
 def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, flags: list[str]) -> dict:
     config = dict(config)
-    if relabelled:
+    if relabelled and arch.name == source.relabel.windowed:
+        config.update(source.relabel.windowed_config(source.config(config)))
+    elif relabelled:
         for key in source.relabel.drop:
             config.pop(key, None)
+    if relabelled:
         config["model_type"] = arch.model_types[0]
         config["architectures"] = [arch.architectures[0]]
     for flag in flags:

@@ -19,6 +19,17 @@ def _sliding_window_in_play(cfg: Mapping) -> str | None:
     return f"it uses a sliding attention window of {window} tokens, which LlamaForCausalLM cannot express"
 
 
+def _as_smollm3_window(cfg: Mapping) -> dict:
+    """SmolLM3 keys that make it a Llama with a sliding window on every block: RoPE on every block, the head size,
+    tying and token ids stated (its defaults differ: tied, ids past a small vocabulary)."""
+    n = cfg["num_hidden_layers"]
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return {"use_sliding_window": True, "sliding_window": cfg["sliding_window"],
+            "layer_types": ["sliding_attention"] * n, "no_rope_layers": [1] * n, "head_dim": head,
+            "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+            **{k: cfg.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}}
+
+
 _LLAMA_LINEARS = {
     "self_attn.q_proj": "attention_bias",
     "self_attn.k_proj": "attention_bias",
@@ -202,7 +213,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
         Arch(
             "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
             {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES, _LLAMA_GROUPS,
-            relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play),
+            relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play, windowed="smollm3",
+                            windowed_config=_as_smollm3_window),
             defaults={"sliding_window": 4096, "max_position_embeddings": 131072},
         ),
         Arch(

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, OPTConfig
+from transformers import AutoModelForCausalLM, BloomConfig
 
 from bakesteer.cli import main
 from helpers import refused
@@ -52,12 +52,21 @@ def test_nan_coefficient(tmp_path, llama_dir, capsys):
 
 
 def test_unsupported_architecture(tmp_path, capsys):
-    cfg = OPTConfig(vocab_size=96, hidden_size=HIDDEN, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
-                    word_embed_proj_dim=HIDDEN)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "opt")
+    cfg = BloomConfig(vocab_size=96, hidden_size=HIDDEN, n_layer=2, n_head=4)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "bloom")
+    v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
+    refused(capsys, ["bake", "--model", str(tmp_path / "bloom"), "--vector", v, "--layer", "1",
+                      "-o", str(tmp_path / "o")], "model_type 'bloom' is not supported", tmp_path / "o", tmp_path)
+
+
+def test_post_norm_opt_is_refused_in_one_sentence(tmp_path, capsys):
+    model = save_model("opt", tmp_path / "opt")
+    cfg = json.loads((tmp_path / "opt" / "config.json").read_text())
+    (tmp_path / "opt" / "config.json").write_text(json.dumps({**cfg, "do_layer_norm_before": False}))
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
     refused(capsys, ["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", "1",
-                      "-o", str(tmp_path / "o")], "model_type 'opt' is not supported", tmp_path / "o", tmp_path)
+                      "-o", str(tmp_path / "o")], "do_layer_norm_before=false", tmp_path / "o", tmp_path)
+    del model
 
 
 def test_non_exact_site_names_the_sites_that_work(tmp_path, capsys):
@@ -68,14 +77,17 @@ def test_non_exact_site_names_the_sites_that_work(tmp_path, capsys):
              tmp_path / "o", tmp_path)
 
 
-def test_mistral_with_a_sliding_window_isrefused(tmp_path, capsys):
-    model = save_model("mistral", tmp_path / "m")
+def test_qwen2_with_a_sliding_window_is_refused_where_it_would_relabel(tmp_path, capsys):
+    """Mistral with a window relabels to SmolLM3 (tests/test_oracle.py); Qwen2 with one keeps its native attn_in."""
+    model = save_model("qwen2", tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    cfg["sliding_window"] = 16
+    cfg.update(use_sliding_window=True, sliding_window=16, max_window_layers=0, layer_types=None)
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in",
+    refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "mlp_in",
                       "-o", str(tmp_path / "o")], "sliding attention window of 16 tokens", tmp_path / "o", tmp_path)
+    assert main(["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in", "-q",
+                 "-o", str(tmp_path / "o")]) == 0
     del model
 
 

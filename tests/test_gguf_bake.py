@@ -30,7 +30,8 @@ gguf = pytest.importorskip("gguf")
 _LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
           "mlp.down_proj": "ffn_down"}
-_QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "cohere", "cohere2")  # llama.cpp has only their q/k/v biases
+# llama.cpp has only their q/k/v biases
+_QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "cohere", "cohere2")
 CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reordering, transpose, metadata)
     "llama": ("model.layers", _LLAMA, "rope", False, {}),
     "smollm3": ("model.layers", _LLAMA, "rope", False, {}),  # llama.cpp has only its q/k/v biases
@@ -45,7 +46,8 @@ CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reord
     "phi": ("model.layers", {**_LLAMA, "self_attn.dense": "attn_output", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"},
             None, False, {}),
 }
-GGUF_NAME = {"gpt_neox": "gptneox", "phi": "phi2", "cohere": "command-r"}  # llama.cpp's architecture name where it is not the family's
+# llama.cpp's architecture name where it is not the family's
+GGUF_NAME = {"gpt_neox": "gptneox", "phi": "phi2", "cohere": "command-r"}
 GGUF_SITES = {"llama": 5, "granite": 5, "gpt2": 5, "gpt_neox": 5, "starcoder2": 5, "phi": 5, "smollm3": 1,
               **{f: 1 for f in _QKV_ONLY}}
 
