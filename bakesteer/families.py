@@ -330,6 +330,15 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                    **_no_family("MLX-LM", "OPT", "MLX-LM 0.32.2 has no OPT model"),
                    **_no_family("ONNX Runtime", "OPT", _NO_GENAI_BUILDER)},
         ),
+        Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
+            "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
+            _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**_llamacpp_no_o_bias("olmo2"), **_no_family("CTranslate2", "OLMo3", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "OLMo3", _NO_GENAI_BUILDER)},
+        ),
         Arch(  # parallel block: x + attn(ln_1(x)) + mlp(ln_1(x)); only the MLP has biases
             "gptj", ("gptj",), ("GPTJForCausalLM",), "transformer.h", "linear",
             {**{f"attn.{m}": NEVER for m in ("q_proj", "k_proj", "v_proj", "out_proj")}, "mlp.fc_in": ALWAYS,
@@ -356,12 +365,15 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
              "mlp_out": Site("mlp", (_O,), "direct"),  # summed with the attention's output: the o bias
              "resid": Site("", (_O,), "direct")},
             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, gguf=_qkv_gguf(gguf_name),
-            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
-                                                onnxruntime=_g(R, R, U))},
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(qkv_cpp, R, U), mlxlm=_g(Y, Y, U),
+                                                ctranslate2=_g(R, R, U), onnxruntime=_g(R, R, U))},
             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
-            notes={**_llamacpp_no_o_bias(gguf_name), **_no_family("CTranslate2", shown, _NO_CT2_LOADER),
+            notes={**cpp_notes, **_no_family("CTranslate2", shown, _NO_CT2_LOADER),
                    **_no_family("ONNX Runtime", shown, _NO_GENAI_BUILDER)},
-        ) for name, shown, cls, gguf_name in (("cohere", "Cohere", "CohereForCausalLM", "command-r"),
-                                               ("cohere2", "Cohere2", "Cohere2ForCausalLM", "cohere2"))),
+        ) for name, shown, cls, gguf_name, qkv_cpp, cpp_notes in (
+            ("cohere", "Cohere", "CohereForCausalLM", "command-r", Y, _llamacpp_no_o_bias("command-r")),
+            ("cohere2", "Cohere2", "Cohere2ForCausalLM", "cohere2", R, {
+                ("llama.cpp", g): "llama.cpp's converter refuses a Cohere2 checkpoint with any non-zero bias; bake the "
+                                  "GGUF at attn_in instead (llama.cpp reads its q/k/v biases)" for g in QKV_O}))),
     ]
 })

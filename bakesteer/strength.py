@@ -92,10 +92,10 @@ class Strength:
 
 def _norms(store: list[torch.Tensor], masks: list[torch.Tensor]):
     """A capture that keeps the per-token norms (B, T) of batch ``k``'s real positions after the first."""
-    def see(k: int, h: torch.Tensor) -> None:  # h: (B, T, H)
+    def see(k: int, h: torch.Tensor) -> None:  # h: (B, T, H), or OPT's fc2 rows (B*T, H)
         keep = masks[k].bool().clone()
         keep[:, 0] = False
-        store.append(h.double().norm(dim=-1).cpu()[keep])
+        store.append(h.double().norm(dim=-1).cpu().view(keep.shape)[keep])
 
     return see
 

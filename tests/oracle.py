@@ -51,6 +51,10 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "attn_out": ("model.layers.{L}.self_attn", "output"),
     },
     "smollm3": _LLAMA_LIKE,
+    "olmo3": {
+        "attn_in": ("model.layers.{L}.self_attn", "input"),
+        "attn_out": ("model.layers.{L}.self_attn", "output"),
+    },
     "starcoder2": _LLAMA_LIKE,  # LayerNorms and a c_fc/c_proj MLP, the same module names
     "phi": {  # parallel: x + attn(ln(x)) + mlp(ln(x)); each branch's own input, not the shared norm's output
         "attn_in": ("model.layers.{L}.self_attn", "input"),

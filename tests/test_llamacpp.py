@@ -167,7 +167,9 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
 # Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
 # creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
 EVERY_GROUP = ["gpt2", "gpt_neox", "granite", "starcoder2", "phi"]
-QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "smollm3", "cohere", "cohere2"]
+QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "cohere"]
+# llama.cpp's runtime reads Cohere2's q/k/v biases (a GGUF bake runs), its converter refuses any non-zero bias
+CONVERTER_REFUSES_BIASES = ["cohere2"]
 NO_CONVERTER = ["opt", "gptj"]  # llama.cpp has no such architecture
 # what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp; its
 # phi2 has one key/value head per query head and a 4x MLP (as Phi-2); its SmolLM3 is ~10 logits off transformers'
@@ -274,7 +276,7 @@ def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, fa
     assert np.abs(got - plain_cpp).max() >= 100 * tol
 
 
-@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in QKV_ONLY),
+@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in QKV_ONLY + CONVERTER_REFUSES_BIASES),
                                          *((f, s) for f in ("gpt_neox", "starcoder2", "phi")
                                            for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
 def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path, converted, family, site):
@@ -294,7 +296,20 @@ def test_the_table_marks_these_families_measured_in_llamacpp():
     the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", **{f: "yes" for f in EVERY_GROUP},
                                  **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
                                  "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"},
-                                 **{f: "refused" for f in NO_CONVERTER}})
+                                 **{f: "refused" for f in NO_CONVERTER},
+                                 **{f: {"qkv": "refused", "o": "refused"} for f in CONVERTER_REFUSES_BIASES}})
+
+
+@pytest.mark.parametrize("family,site", [(f, s) for f in CONVERTER_REFUSES_BIASES for s in ("attn_in", "attn_out")])
+def test_llamacpp_converter_refuses_the_bias(tmp_path, converted, family, site):
+    """The source converts (and runs: the fixture); a bake with any non-zero bias is refused by the converter, in
+    its Cohere2 class's bias check (conversion/command_r.py: "Cohere2 runtime in llama.cpp expects no bias
+    tensors"; under lazy loading the check itself fails)."""
+    import subprocess
+
+    with pytest.raises(subprocess.CalledProcessError) as refusal:
+        _bake_and_convert(converted, tmp_path, family, site)
+    assert b"command_r.py" in refusal.value.stderr
 
 
 @pytest.mark.parametrize("family", NO_CONVERTER)

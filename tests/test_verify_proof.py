@@ -14,7 +14,8 @@ from bakesteer.cli import main
 from bakesteer.checkpoint import Checkpoint
 from bakesteer.verify import verify
 
-from tiny import HIDDEN, make_model, save_char_tokenizer
+from bakesteer.arch import exact_sites
+from tiny import CONFIGS, HIDDEN, make_model, save_char_tokenizer, save_model
 from hostile_tools import refused
 
 
@@ -141,3 +142,18 @@ def test_a_relabel_is_checked_block_by_block_over_the_whole_stack(tmp_path):
     assert recipe["written"]["relabelled_from"] == "qwen2" and report.passed
     assert [c.block for c in report.blocks] == [0, 1, 2, 3]  # every block, as Llama against Qwen2
     assert [c.block for c in report.blocks if c.effect > 0] == [2]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_bake_then_verify_passes_on_every_family(tmp_path, name, capsys):
+    """The user's two commands on every family, at its last exact site (the block proof, the strength pass and
+    the end-to-end comparison all run; OPT's MLP output is a (B*T, H) matrix, not (B, T, H))."""
+    save_model(name, tmp_path / "src")
+    save_char_tokenizer(tmp_path / "src")
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=HIDDEN))
+    site = exact_sites(CONFIGS[name]().to_dict())[-1]
+    assert main(["bake", "--model", str(tmp_path / "src"), "--vector", str(tmp_path / "v.npy"), "--layer", "1",
+                 "--site", site, "--coef", "2", "-q", "-o", str(tmp_path / "out")]) == 0
+    assert main(["verify", str(tmp_path / "out"), "-q", "--new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 3 and "FAIL" not in out, out
