@@ -41,6 +41,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "granite": _LLAMA_LIKE,  # the block output itself: residual_multiplier is inside the block
     "mistral": _LLAMA_LIKE,
     "mistral_window": _LLAMA_LIKE,
+    "qwen2_window": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _ATTENTION_ONLY,
     "gemma": _ATTENTION_ONLY,

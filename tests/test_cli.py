@@ -77,18 +77,19 @@ def test_non_exact_site_names_the_sites_that_work(tmp_path, capsys):
              tmp_path / "o", tmp_path)
 
 
-def test_qwen2_with_a_sliding_window_is_refused_where_it_would_relabel(tmp_path, capsys):
-    """Mistral with a window relabels to SmolLM3 (tests/test_oracle.py); Qwen2 with one keeps its native attn_in."""
-    model = save_model("qwen2", tmp_path / "m")
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    cfg.update(use_sliding_window=True, sliding_window=16, max_window_layers=0, layer_types=None)
-    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+def test_a_sliding_window_relabels_to_smollm3_and_says_so(tmp_path, capsys):
+    """Mistral and Qwen2 with a window in play are written as SmolLM3 (exactness: tests/test_oracle.py); Qwen2's
+    native attn_in keeps its own architecture."""
+    save_model("qwen2_window", tmp_path / "m")
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    refused(capsys, ["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "mlp_in",
-                      "-o", str(tmp_path / "o")], "sliding attention window of 16 tokens", tmp_path / "o", tmp_path)
-    assert main(["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in", "-q",
+    assert main(["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "mlp_in",
                  "-o", str(tmp_path / "o")]) == 0
-    del model
+    assert "architecture changed: qwen2 -> SmolLM3ForCausalLM (exactly equivalent)" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert cfg["layer_types"] == ["full_attention"] * 2 + ["sliding_attention"] * 2 and cfg["no_rope_layers"] == [1] * 4
+    assert main(["bake", "--model", str(tmp_path / "m"), "--vector", v, "--layer", "1", "--site", "attn_in", "-q",
+                 "-o", str(tmp_path / "o2")]) == 0
+    assert json.loads((tmp_path / "o2" / "config.json").read_text())["model_type"] == "qwen2"
 
 
 @pytest.mark.parametrize("content", [b"\x00\x01garbage", b"{not json"])

@@ -30,6 +30,7 @@ CONFIGS = {
                                      attention_multiplier=0.0078125, logits_scaling=8.0),
     "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
     "mistral_window": lambda: MistralConfig(**_COMMON, sliding_window=8),  # relabelled to SmolLM3
+    "qwen2_window": lambda: Qwen2Config(**_COMMON, use_sliding_window=True, sliding_window=8, max_window_layers=2),
     "qwen2": lambda: Qwen2Config(**_COMMON),
     "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
     "gemma": lambda: GemmaConfig(**_COMMON, head_dim=16),
