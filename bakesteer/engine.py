@@ -25,6 +25,7 @@ import torch
 from .arch import Arch, arch_for
 from .checkpoint import Checkpoint
 from .errors import BakesteerError
+from .stored import merged
 from .hooks import Steer, add_at, site_at, steering, watch
 
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -163,6 +164,8 @@ class Model:
                                  "fix the config.") from None
         if attn_implementation:
             hf_cfg._attn_implementation = attn_implementation
+        if dtype == torch.float64:  # the grouped matmul of transformers' MoE experts has no float64 kernel
+            hf_cfg._experts_implementation = "eager"
         with _params_on_meta():
             self.model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype).eval()
         for m in self.model.modules():
@@ -216,6 +219,17 @@ class Model:
             flat[pos // size:(pos + m) // size] = buf[:m].view(stored)
             pos += m
 
+    def _param(self, name: str) -> torch.Tensor:
+        """Parameter ``name`` read from the checkpoint: one stored tensor, or the stored experts transformers
+        merges into it (bakesteer.stored)."""
+        try:
+            return self._read(self._key(name))
+        except BakesteerError:
+            made = merged(name, self.config.model_type, set(self.ckpt.tensors), self._read)
+            if made is None:
+                raise
+            return made
+
     def _key(self, name: str) -> str:
         """The stored name of parameter ``name``: as named, without the base prefix, the head under its old
         name (GPT-NeoX's ``embed_out``), or for a tied head the input embedding."""
@@ -241,7 +255,7 @@ class Model:
                 if m._parameters[pname] is None:
                     continue
                 full = ".".join(x for x in (prefix, mname, pname) if x)
-                t = self._read(self._key(full))
+                t = self._param(full)
                 if t.shape != m._parameters[pname].shape:
                     raise BakesteerError(f"{self.folder} stores {full} with shape {list(t.shape)}, which does not "
                                          "fit the model's config; the checkpoint does not match its config.")

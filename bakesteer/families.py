@@ -133,6 +133,10 @@ def _opt_post_norm(cfg: Mapping) -> str | None:
             "bakesteer does not bake yet")
 
 
+_MOE = ("its MLP is a mixture of experts: the router and the experts have no bias slots, and a bias after "
+        "each expert would be scaled by its routing weight")
+_MOE_SITES = {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook, None, "direct", why_not=_MOE)
+                                    for s in ("mlp_in", "mlp_out", "resid")}}
 _UNMEASURED = {**_everywhere(_g(U, U, U)), "transformers": _ALL}
 _NO_GENAI_BUILDER = "onnxruntime-genai 0.18.0's builder has no model for it"
 _NO_CT2_LOADER = "CTranslate2 4.8.5's converter has no loader for it"
@@ -332,6 +336,26 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             notes={**_no_family("llama.cpp", "OPT", "llama.cpp has no OPT architecture; its converter refuses it"),
                    **_no_family("MLX-LM", "OPT", "MLX-LM 0.32.2 has no OPT model"),
                    **_no_family("ONNX Runtime", "OPT", _NO_GENAI_BUILDER)},
+        ),
+        Arch(  # the experts' projections are 3-D parameters, stored one tensor per expert (bakesteer.stored)
+            "qwen3_moe", ("qwen3_moe",), ("Qwen3MoeForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
+            _MOE_SITES, _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM, gguf=_qkv_gguf("qwen3moe"),
+            legacy={"num_experts": "num_local_experts"},
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, U), mlxlm=_g(R, R, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**_llamacpp_no_o_bias("qwen3moe"), **_no_family("CTranslate2", "Qwen3-MoE", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "Qwen3-MoE", _NO_GENAI_BUILDER)},
+        ),
+        Arch(  # q/k/v biases under qkv_bias (on by default), o_proj without; a gated shared expert
+            "qwen2_moe", ("qwen2_moe",), ("Qwen2MoeForCausalLM",), "model.layers", "linear",
+            {**_NO_MLP_BIAS, **{m: "qkv_bias" for m in _QKV}, _O: NEVER}, _MOE_SITES, _LLAMA_GROUPS,
+            defaults={"qkv_bias": True}, gguf=_qkv_gguf("qwen2moe"),
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, U, U), mlxlm=_g(Y, U, U), ctranslate2=_g(R, U, U),
+                                                onnxruntime=_g(R, U, U))},
+            measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),
+            notes={**_no_family("CTranslate2", "Qwen2-MoE", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "Qwen2-MoE", _NO_GENAI_BUILDER)},
         ),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,

@@ -30,7 +30,8 @@ def _measure(src: Path, source, steers: list[Steer], prompts, work: Path, tag: s
     """verify's comparison, and (for a tiny family) the largest |Δ| against the independent hook."""
     bake(src, [Item(s, {}) for s in steers], work / tag, progress=False)
     baked = AutoModelForCausalLM.from_pretrained(work / tag, dtype=torch.float32).eval()
-    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64).eval()
+    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64,
+                                                     experts_implementation="eager").eval()  # MoE: no fp64 grouped mm
     result = compare(source, baked, steers, prompts, new_tokens=32, reference=reference)
     if family is None:
         return result, None

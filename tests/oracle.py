@@ -52,6 +52,8 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "attn_out": ("model.layers.{L}.self_attn", "output"),
     },
     "smollm3": _LLAMA_LIKE,
+    "qwen3_moe": _ATTENTION_ONLY,  # the MLP is a mixture of experts without biases
+    "qwen2_moe": {"attn_in": _LLAMA_LIKE["attn_in"]},  # and o_proj has no bias
     "olmo3": {
         "attn_in": ("model.layers.{L}.self_attn", "input"),
         "attn_out": ("model.layers.{L}.self_attn", "output"),

@@ -17,7 +17,7 @@ from tiny import HIDDEN, LAYERS, save_char_tokenizer, save_model
 
 CASES = [("qwen3", "resid"), ("gemma2", "resid"), ("gemma3", "resid"), ("olmo2", "resid"), ("gemma2", "mlp_in"),
          ("olmo2", "mlp_in"), ("qwen3", "mlp_out"), ("gemma", "resid"), ("gemma2", "mlp_out"),
-         ("olmo3", "resid")]
+         ("olmo3", "resid"), ("qwen3_moe", "resid")]
 LAYER, COEF = 1, 1.0
 ARGS = ["--calib-tokens", "256", "--fit-steps", "30", "-q"]
 

@@ -42,7 +42,8 @@ REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "
            "olmo2": (ValueError, "No conversion is registered"),
            "smollm3": (ValueError, "No conversion is registered"),
            "starcoder2": (ValueError, "No conversion is registered"),
-           **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2", "olmo3")},
+           **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2", "olmo3", "qwen3_moe",
+                                                                        "qwen2_moe")},
            "phi": (AttributeError, "n_layer")}  # its PhiLoader reads config.n_layer, which PhiConfig does not have
 # CTranslate2 limits unrelated to biases, kept out of the way: its Gemma2 has no sliding window or soft-capping
 # (1.5 off on the tiny source), its Gemma3 fails on a prompt longer than the window (a buffer size error)

@@ -31,7 +31,7 @@ _LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
           "mlp.down_proj": "ffn_down"}
 # llama.cpp has only their q/k/v biases
-_QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "cohere", "cohere2")
+_QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "cohere", "cohere2", "qwen3_moe", "qwen2_moe")
 CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reordering, transpose, metadata)
     "llama": ("model.layers", _LLAMA, "rope", False, {}),
     "smollm3": ("model.layers", _LLAMA, "rope", False, {}),  # llama.cpp has only its q/k/v biases
@@ -47,7 +47,8 @@ CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reord
             None, False, {}),
 }
 # llama.cpp's architecture name where it is not the family's
-GGUF_NAME = {"gpt_neox": "gptneox", "phi": "phi2", "cohere": "command-r"}
+GGUF_NAME = {"gpt_neox": "gptneox", "phi": "phi2", "cohere": "command-r", "qwen3_moe": "qwen3moe",
+             "qwen2_moe": "qwen2moe"}
 GGUF_SITES = {"llama": 5, "granite": 5, "gpt2": 5, "gpt_neox": 5, "starcoder2": 5, "phi": 5, "smollm3": 1,
               **{f: 1 for f in _QKV_ONLY}}
 

@@ -167,7 +167,7 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
 # Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
 # creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
 EVERY_GROUP = ["gpt2", "gpt_neox", "granite", "starcoder2", "phi"]
-QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "cohere"]
+QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "cohere", "qwen3_moe"]
 # llama.cpp's runtime reads Cohere2's q/k/v biases (a GGUF bake runs), its converter refuses any non-zero bias
 CONVERTER_REFUSES_BIASES = ["cohere2"]
 NO_CONVERTER = ["opt", "gptj"]  # llama.cpp has no such architecture
@@ -239,7 +239,8 @@ def _zero_biases(path) -> set[str]:
 
 @pytest.mark.parametrize("family,site", [*((f, s) for f in EVERY_GROUP if f != "granite"
                                             for s in ("attn_in", "mlp_in", "attn_out", "resid")),
-                                         ("granite", "attn_out")])  # Granite's other groups: the test above
+                                         ("granite", "attn_out"),  # Granite's other groups: the test above
+                                         ("qwen2_moe", "attn_in")])  # its q/k/v biases exist: changed in place
 def test_converted_tiny_bake_runs_in_llamacpp(tmp_path, converted, family, site):
     """One site per bias group (mlp_out writes resid's tensor). A bake converted by llama.cpp's converter gives
     transformers' logits of the baked folder, within twice llama.cpp's own error on the unbaked source (GPT-2,
@@ -276,7 +277,7 @@ def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, fa
     assert np.abs(got - plain_cpp).max() >= 100 * tol
 
 
-@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in QKV_ONLY + CONVERTER_REFUSES_BIASES),
+@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in [*QKV_ONLY, *CONVERTER_REFUSES_BIASES, "qwen2_moe"]),
                                          *((f, s) for f in ("gpt_neox", "starcoder2", "phi")
                                            for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
 def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path, converted, family, site):
@@ -293,7 +294,8 @@ def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path
 
 def test_the_table_marks_these_families_measured_in_llamacpp():
     """SmolLM2 (Llama: every group), Qwen2 (q/k/v) and the tiny families above."""
-    the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", **{f: "yes" for f in EVERY_GROUP},
+    the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", "qwen2_moe": {"qkv": "yes"},
+                                 **{f: "yes" for f in EVERY_GROUP},
                                  **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
                                  "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"},
                                  **{f: "refused" for f in NO_CONVERTER},

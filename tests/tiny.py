@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config,
-                          GPTJConfig, GPTNeoXConfig, GraniteConfig, Olmo3Config,
+                          GPTJConfig, GPTNeoXConfig, GraniteConfig, Olmo3Config, Qwen2MoeConfig,
+                          Qwen3MoeConfig,
                           LlamaConfig, MistralConfig, Olmo2Config, OPTConfig, PhiConfig, Qwen2Config, Qwen3Config,
                           SmolLM3Config, Starcoder2Config)
 
@@ -38,6 +39,11 @@ CONFIGS = {
     "gemma3": lambda: Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
     "olmo2": lambda: Olmo2Config(**_COMMON),
     "olmo3": lambda: Olmo3Config(**_COMMON, sliding_window=8),
+    # mixtures of experts in every block (as released): 4 experts, 2 per token
+    "qwen3_moe": lambda: Qwen3MoeConfig(**_COMMON, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                        moe_intermediate_size=32, norm_topk_prob=True),
+    "qwen2_moe": lambda: Qwen2MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                        shared_expert_intermediate_size=48),
     # SmolLM3: every 4th block without RoPE (its default pattern), a sliding window on two blocks; its default
     # token ids are past a tiny vocabulary
     "smollm3": lambda: SmolLM3Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2,
