@@ -135,6 +135,8 @@ def _opt_post_norm(cfg: Mapping) -> str | None:
 
 _MOE = ("its MLP is a mixture of experts: the router and the experts have no bias slots, and a bias after "
         "each expert would be scaled by its routing weight")
+_ATTENTION_LINEARS = {m: _LLAMA_LINEARS[m] for m in (*_QKV, _O)}  # an MoE block's experts are no nn.Linear
+_ATTENTION_GROUPS = {m: _LLAMA_GROUPS[m] for m in (*_QKV, _O)}
 _MOE_SITES = {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook, None, "direct", why_not=_MOE)
                                     for s in ("mlp_in", "mlp_out", "resid")}}
 _UNMEASURED = {**_everywhere(_g(U, U, U)), "transformers": _ALL}
@@ -338,8 +340,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                    **_no_family("ONNX Runtime", "OPT", _NO_GENAI_BUILDER)},
         ),
         Arch(  # the experts' projections are 3-D parameters, stored one tensor per expert (bakesteer.stored)
-            "qwen3_moe", ("qwen3_moe",), ("Qwen3MoeForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS,
-            _MOE_SITES, _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM, gguf=_qkv_gguf("qwen3moe"),
+            "qwen3_moe", ("qwen3_moe",), ("Qwen3MoeForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS,
+            _MOE_SITES, _ATTENTION_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_PRE_NORM, gguf=_qkv_gguf("qwen3moe"),
             legacy={"num_experts": "num_local_experts"},
             runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, U), mlxlm=_g(R, R, U), ctranslate2=_g(R, R, U),
                                                 onnxruntime=_g(R, R, U))},
@@ -349,7 +351,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
         ),
         Arch(  # q/k/v biases under qkv_bias (on by default), o_proj without; a gated shared expert
             "qwen2_moe", ("qwen2_moe",), ("Qwen2MoeForCausalLM",), "model.layers", "linear",
-            {**_NO_MLP_BIAS, **{m: "qkv_bias" for m in _QKV}, _O: NEVER}, _MOE_SITES, _LLAMA_GROUPS,
+            {**{m: "qkv_bias" for m in _QKV}, _O: NEVER}, _MOE_SITES, _ATTENTION_GROUPS,
             defaults={"qkv_bias": True}, gguf=_qkv_gguf("qwen2moe"),
             runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, U, U), mlxlm=_g(Y, U, U), ctranslate2=_g(R, U, U),
                                                 onnxruntime=_g(R, U, U))},
