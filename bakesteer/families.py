@@ -19,13 +19,12 @@ def _sliding_window_in_play(cfg: Mapping) -> str | None:
     return f"it uses a sliding attention window of {window} tokens, which LlamaForCausalLM cannot express"
 
 
-def _as_smollm3_window(cfg: Mapping) -> dict:
-    """SmolLM3 keys that make it a Llama with the source's sliding windows: the window per block (Mistral: every
-    block; Qwen2: its layer_types, or the blocks from max_window_layers on), RoPE on every block, the head size,
-    tying and token ids stated (SmolLM3's defaults differ: tied, ids past a small vocabulary)."""
+def _as_smollm3_window(cfg: Mapping, first: int) -> dict:
+    """SmolLM3 keys that make it a Llama with the source's sliding windows: the window per block (its layer_types,
+    else every block from ``first`` on), RoPE on every block, the head size, tying and token ids stated (SmolLM3's
+    defaults differ: tied, ids past a small vocabulary)."""
     n = cfg["num_hidden_layers"]
     head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    first = 0 if cfg.get("model_type") == "mistral" else cfg.get("max_window_layers", 28)
     kinds = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
     return {"use_sliding_window": True, "sliding_window": cfg["sliding_window"],
             "layer_types": list(kinds), "no_rope_layers": [1] * n, "head_dim": head,
@@ -223,7 +222,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
             {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES, _LLAMA_GROUPS,
             relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play, windowed="smollm3",
-                            windowed_config=_as_smollm3_window),
+                            windowed_config=lambda cfg: _as_smollm3_window(cfg, first=0)),
             defaults={"sliding_window": 4096, "max_position_embeddings": 131072},
         ),
         Arch(
@@ -231,7 +230,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
             relabel=Relabel(
                 "llama", drop=("sliding_window", "use_sliding_window", "max_window_layers", "layer_types"),
-                blocker=_sliding_window_in_play, windowed="smollm3", windowed_config=_as_smollm3_window,
+                blocker=_sliding_window_in_play, windowed="smollm3",
+                windowed_config=lambda cfg: _as_smollm3_window(cfg, first=cfg.get("max_window_layers", 28)),
             ),
             defaults={"use_sliding_window": False},
             # llama.cpp's qwen2 creates the q/k/v biases only: a GGUF bakes attn_in and refuses the rest
