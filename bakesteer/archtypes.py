@@ -112,6 +112,8 @@ class Arch:
     legacy: Mapping[str, str] = field(default_factory=dict)  # key readers of older configs want -> key it copies
     unsupported: Callable[[Mapping], str | None] = lambda cfg: None  # a form of the family the sites do not describe
     approx: Approx | None = None  # how a site with no exact fold is approximated on request
+    stacked: tuple[str, ...] = ()  # expert projections stored as one (E, in, out) tensor, bias ``<name>_bias`` (E, out)
+    packed: tuple[str, ...] = ()  # quant methods that pack only ``stacked`` weights (baked as stored; see experts.py)
     gguf: Gguf | None = None  # the llama.cpp form, where bakesteer bakes GGUF files of this family
     runtimes: Mapping[str, Mapping[Group, Support]] = field(default_factory=dict)  # of a checkpoint written as it
     measured: Mapping[str, tuple[Group, ...]] = field(default_factory=dict)  # runtime -> groups run in RUNTIME_TESTS
@@ -121,9 +123,15 @@ class Arch:
         for name in ("linears", "sites", "groups", "defaults", "legacy", "runtimes", "measured", "notes"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         assert set(self.groups) == set(self.linears), self.name
+        assert set(self.stacked) <= set(self.linears), self.name
 
     def bias_slot(self, module: str) -> str:
         return self.linears[module]
+
+    def names(self, layer: int, module: str) -> tuple[str, str]:
+        """(weight, bias) key of a linear of block ``layer``; a stacked expert projection's bias is ``<name>_bias``."""
+        name = f"{self.layers}.{layer}.{module}"
+        return (name, f"{name}_bias") if module in self.stacked else (f"{name}.weight", f"{name}.bias")
 
     def config(self, cfg: Mapping) -> dict:
         """``cfg`` with this family's defaults filled in (what transformers would read)."""
@@ -139,7 +147,7 @@ class Arch:
     def group_of(self, key: str) -> Group:
         """The bias group of a checkpoint key such as ``model.layers.3.self_attn.o_proj.bias``."""
         for module, group in self.groups.items():
-            if key.endswith(f".{module}.bias"):
+            if key.endswith(f".{module}_bias" if module in self.stacked else f".{module}.bias"):
                 return group
         raise BakesteerError(f"{key} is not the bias of a {self.name} linear layer bakesteer knows.")
 

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from . import __version__
+from . import __version__, experts
 from .arch import Arch, Site, approx_slots, find_arch, flag_on, fold_target, is_exact
 from .checkpoint import INDEX, Checkpoint, TensorSource, write_checkpoint
 from .configs import for_every_reader
@@ -83,15 +83,29 @@ def _linear_dims(ckpt: TensorSource, wkey: str, layout: str) -> tuple[int, int]:
     return (shape[0], shape[1]) if layout == "linear" else (shape[1], shape[0])
 
 
+def _keys(ckpt: TensorSource, arch: Arch, layer: int, module: str) -> tuple[str, str]:
+    """The stored (weight, bias) names of a linear of block ``layer`` (a stacked projection's weight name as
+    transformers calls it, whether stored so or packed)."""
+    wname, bname = arch.names(layer, module)
+    if module in arch.stacked:
+        return wname, bname
+    wkey = ckpt.resolve(wname)
+    return wkey, wkey[: -len("weight")] + "bias"
+
+
 def _mismatch(ckpt: TensorSource, key: str, what: str) -> BakesteerError:
     return BakesteerError(f"{ckpt.where} stores {key} with shape {list(ckpt.tensors[key].shape)}, which {what}; the "
                           "checkpoint does not match its config.")
 
 
-def _refuse_quantized(ckpt: TensorSource) -> None:
+def _refuse_quantized(ckpt: TensorSource, arch: Arch) -> None:
+    """Refuse a quantized checkpoint, unless its method packs only weights the family reads decoded (GPT-OSS's
+    MXFP4 experts): its biases are stored unpacked and are what a bake changes."""
     quant = ckpt.config.get("quantization_config")
     if quant:
         method = quant.get("quant_method", "quantized") if isinstance(quant, dict) else "quantized"
+        if method in arch.packed:
+            return
         raise BakesteerError(f"{ckpt.where} is a {method} checkpoint; bake the unquantized model and quantize "
                              "the baked folder afterwards.")
 
@@ -106,8 +120,7 @@ class _Deltas:
         self.coefs: dict[str, list[float]] = {}  # bias key -> coefficients, for an overflow's message
 
     def keys(self, layer: int, module: str) -> tuple[str, str]:
-        wkey = self.ckpt.resolve(f"{self.arch.layers}.{layer}.{module}.weight")
-        return wkey, wkey[: -len("weight")] + "bias"
+        return _keys(self.ckpt, self.arch, layer, module)
 
     def add(self, wkey: str, bkey: str, d: np.ndarray, coef: float | None = None) -> None:
         self.sums[bkey] = self.sums.get(bkey, 0) + d
@@ -120,6 +133,9 @@ class _Deltas:
         layout, ckpt = self.arch.layout, self.ckpt
         for module in site.fold:
             wkey, bkey = self.keys(s.layer, module)
+            if module in self.arch.stacked:
+                self._fold_stacked(s, site, wkey, bkey, hidden)
+                continue
             out_dim, in_dim = _linear_dims(ckpt, wkey, layout)
             if (in_dim if site.rule == "through" else out_dim) != hidden:
                 raise _mismatch(ckpt, wkey, f"does not fit the hidden size {hidden}")
@@ -130,6 +146,22 @@ class _Deltas:
             else:
                 d = direct_delta(as_f64(s.vector), s.coef, float(cfg[site.scale]) if site.scale else 1.0)
             self.add(wkey, bkey, d, s.coef)
+
+    def _fold_stacked(self, s: Steer, site: Site, wkey: str, bkey: str, hidden: int) -> None:
+        """Every expert's bias: through, each by its own W[e] v; direct, all by the same a*v (the routing weights
+        of the chosen experts sum to 1, which is what the table's entry states)."""
+        ckpt = self.ckpt
+        n, in_dim, out_dim = experts.dims(ckpt, wkey)
+        if (in_dim if site.rule == "through" else out_dim) != hidden:
+            raise _mismatch(ckpt, wkey if wkey in ckpt.tensors else wkey + experts.BLOCKS,
+                            f"does not fit the hidden size {hidden}")
+        if bkey in ckpt.tensors and ckpt.tensors[bkey].shape != (n, out_dim):
+            raise _mismatch(ckpt, bkey, f"does not fit its {n} experts' {out_dim} outputs")
+        if site.rule == "through":
+            d = experts.through(ckpt, wkey, as_f64(s.vector), s.coef)
+        else:
+            d = np.broadcast_to(direct_delta(as_f64(s.vector), s.coef), (n, out_dim))
+        self.add(wkey, bkey, d, s.coef)
 
     def fitted(self, layer: int, module: str, d: np.ndarray) -> None:
         """Add a delta fitted by an approximate bake."""
@@ -157,8 +189,7 @@ def _zeros_for_flags(ckpt: TensorSource, arch: Arch, flags: list[str], n_layers:
     """A switched-on flag creates a bias in every block: write explicit zeros where none is written."""
     for module in (m for m, slot in arch.linears.items() if slot in flags):
         for layer in range(n_layers):
-            wkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")
-            bkey = wkey[: -len("weight")] + "bias"
+            wkey, bkey = _keys(ckpt, arch, layer, module)
             if bkey not in ckpt.tensors and bkey not in updates:
                 updates[bkey] = np.zeros(_linear_dims(ckpt, wkey, arch.layout)[0], dtype=ckpt.bias_dtype(wkey))
 
@@ -188,7 +219,7 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
     config; a GGUF passes its llama.cpp form).
     """
     source = arch or find_arch(ckpt.config)
-    _refuse_quantized(ckpt)
+    _refuse_quantized(ckpt, source)
     cfg = source.config(ckpt.config)
     hidden, n_layers = source.hidden_and_layers(cfg)
     if not extra:
@@ -288,7 +319,7 @@ def _approximate(ckpt: Checkpoint, src: Path, items: list[Item], opts: ApproxOpt
     arch = p.arch
     written = {}  # what the checkpoint's dtype keeps of each fitted delta
     for (layer, module) in fit.deltas:
-        bkey = ckpt.resolve(f"{arch.layers}.{layer}.{module}.weight")[: -len("weight")] + "bias"
+        bkey = _keys(ckpt, arch, layer, module)[1]
         before = p.originals.get(bkey, np.zeros(1)).astype(np.float64)
         kept = p.updates[bkey].astype(np.float64) - before
         written[(layer, module)] = torch.from_numpy(kept).float().to(device)

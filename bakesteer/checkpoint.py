@@ -80,6 +80,17 @@ class TensorSource:
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
+    def read_bytes(self, key: str) -> np.ndarray:
+        """A uint8 tensor (packed weights, their scales), refusing any other dtype."""
+        info = self.tensors[key]
+        if info.dtype != "U8":
+            raise BakesteerError(f"{self.where} stores {key} as {info.dtype}, not the uint8 of packed weights; "
+                                 "the checkpoint does not match its quantization_config.")
+        return self._read_as(key, np.dtype(np.uint8))
+
+    def _read_as(self, key: str, dtype: np.dtype) -> np.ndarray:
+        raise NotImplementedError
+
     def bias_dtype(self, weight_key: str) -> np.dtype:
         """The dtype of a bias the bake adds beside this weight: the weight's own."""
         return self.tensors[weight_key].np_dtype
@@ -205,8 +216,10 @@ class Checkpoint(TensorSource):
 
     def read(self, key: str) -> np.ndarray:
         """One tensor, zero-copy and read-only from a memory map of its shard."""
+        return self._read_as(key, self.tensors[key].np_dtype)
+
+    def _read_as(self, key: str, dtype: np.dtype) -> np.ndarray:
         info = self.tensors[key]
-        dtype = info.np_dtype
         if info.shard not in self._maps:
             with open(self.root / info.shard, "rb") as f:
                 self._maps[info.shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

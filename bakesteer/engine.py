@@ -228,7 +228,7 @@ class Model:
             made = merged(name, self.config.model_type, set(self.ckpt.tensors), self._read)
             if made is None:
                 raise
-            return made
+            return made.to(self.dtype)
 
     def _key(self, name: str) -> str:
         """The stored name of parameter ``name``: as named, without the base prefix, the head under its old

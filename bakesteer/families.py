@@ -138,6 +138,8 @@ _ATTENTION_LINEARS = {m: _LLAMA_LINEARS[m] for m in (*_QKV, _O)}  # an MoE block
 _ATTENTION_GROUPS = {m: _LLAMA_GROUPS[m] for m in (*_QKV, _O)}
 _MOE_SITES = {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook, None, "direct", why_not=_MOE)
                                     for s in ("mlp_in", "mlp_out", "resid")}}
+# GPT-OSS's MLP: the router (an (E, H) linear) and its experts' stacked projections (bakesteer.experts)
+_GPT_OSS_MLP = ("mlp.router", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 _UNMEASURED = {**_everywhere(_g(U, U, U)), "transformers": _ALL}
 _NO_GENAI_BUILDER = "onnxruntime-genai 0.18.0's builder has no model for it"
 _NO_CT2_LOADER = "CTranslate2 4.8.5's converter has no loader for it"
@@ -358,6 +360,15 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),
             notes={**_no_family("CTranslate2", "Qwen2-MoE", _NO_CT2_LOADER),
                    **_no_family("ONNX Runtime", "Qwen2-MoE", _NO_GENAI_BUILDER)},
+        ),
+        Arch(  # every expert and the router have biases; the chosen experts' routing weights are a softmax
+            "gpt_oss", ("gpt_oss",), ("GptOssForCausalLM",), "model.layers", "linear",
+            {**_ATTENTION_LINEARS, **{m: ALWAYS for m in _GPT_OSS_MLP}},
+            {**_PRE_NORM_SITES, "mlp_in": Site("post_attention_layernorm", _GPT_OSS_MLP[:2], "through"),
+             "mlp_out": Site("mlp", (_GPT_OSS_MLP[2],), "direct"), "resid": Site("", (_GPT_OSS_MLP[2],), "direct")},
+            {**_ATTENTION_GROUPS, **{m: "mlp" for m in _GPT_OSS_MLP}},
+            defaults={"attention_bias": True}, stacked=_GPT_OSS_MLP[1:], packed=("mxfp4",),
+            runtimes=_UNMEASURED, measured=_ran(),
         ),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,

@@ -42,6 +42,9 @@ class ModelTensors(TensorSource):
     def read(self, key: str) -> np.ndarray:
         return to_numpy(self.state[key])
 
+    def _read_as(self, key: str, dtype: np.dtype) -> np.ndarray:
+        return to_numpy(self.state[key])
+
 
 def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
     """Fold ``items`` into ``model``'s biases in place and return it (a new model when the family changes)."""
@@ -62,11 +65,12 @@ def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
     with torch.no_grad():
         for key, array in p.updates.items():
             value = to_torch(array)
-            module = model.get_submodule(key.rsplit(".", 1)[0])
-            if module.bias is None:
-                module.bias = torch.nn.Parameter(value.clone(), requires_grad=False)
+            path, name = key.rsplit(".", 1)  # "bias", or a stacked expert projection's "<name>_bias"
+            module = model.get_submodule(path)
+            if getattr(module, name) is None:
+                setattr(module, name, torch.nn.Parameter(value.clone(), requires_grad=False))
             else:
-                module.bias.copy_(value)
+                getattr(module, name).copy_(value)
     for flag in p.flags:
         setattr(model.config, flag, True)
     return model

@@ -107,7 +107,8 @@ def hub_model_id(value, path: str) -> None:
 
 
 def bias_name(value, path: str) -> None:
-    if not isinstance(value, str) or re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+\.bias", value) is None:
+    # "<module>.bias", or a stacked expert projection's "<module>.<name>_bias" (GPT-OSS)
+    if not isinstance(value, str) or re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+(\.|_)bias", value) is None:
         raise ValueError(f"{path} is not the name of a bias tensor")
 
 

@@ -5,7 +5,8 @@ transformers 5 builds the experts of a mixture-of-experts block as one 3-D param
 with one tensor per expert (``mlp.experts.{e}.gate_proj.weight`` (I, H)). Its loading conversion says how
 (``transformers.conversion_mapping``: merge the experts along dim 0, then concatenate the sources along dim 1).
 The block-streaming engine reads one block at a time, so it applies that same conversion, read from
-transformers, to the parameters of the block it loads.
+transformers, to the parameters of the block it loads. GPT-OSS's experts, stored MXFP4-packed, are decoded by
+transformers' own MXFP4 decoder (``bakesteer.experts``), as its from_pretrained does on a machine without the kernels.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import re
 from typing import Callable
 
 import torch
+
+from .experts import BLOCKS, SCALES
 
 Read = Callable[[str], torch.Tensor]
 
@@ -39,6 +42,10 @@ def _renamed_prefixes(prefix: str, conversions: list) -> list[str]:
 def merged(name: str, model_type: str, keys: set[str], read: Read) -> torch.Tensor | None:
     """Parameter ``name`` built from its stored experts as transformers' conversion for ``model_type`` does, or
     None when no conversion of that family makes it (or its stored tensors are not all there)."""
+    if name + BLOCKS in keys and name + SCALES in keys:
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+        return convert_moe_packed_tensors(read(name + BLOCKS), read(name + SCALES), dtype=torch.float32)
     conversions = _conversions(model_type)
     for c in conversions:
         if type(c).__name__ != "WeightConverter":

@@ -54,6 +54,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "smollm3": _LLAMA_LIKE,
     "qwen3_moe": _ATTENTION_ONLY,  # the MLP is a mixture of experts without biases
     "qwen2_moe": {"attn_in": _LLAMA_LIKE["attn_in"]},  # and o_proj has no bias
+    "gpt_oss": _LLAMA_LIKE,  # pre-norm; its mlp returns (hidden, router scores), the hook steers the hidden
     "olmo3": {
         "attn_in": ("model.layers.{L}.self_attn", "input"),
         "attn_out": ("model.layers.{L}.self_attn", "output"),

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config,
-                          GPTJConfig, GPTNeoXConfig, GraniteConfig, Olmo3Config, Qwen2MoeConfig,
+                          GPTJConfig, GPTNeoXConfig, GptOssConfig, GraniteConfig, Olmo3Config, Qwen2MoeConfig,
                           Qwen3MoeConfig,
                           LlamaConfig, MistralConfig, Olmo2Config, OPTConfig, PhiConfig, Qwen2Config, Qwen3Config,
                           SmolLM3Config, Starcoder2Config)
@@ -42,6 +42,10 @@ CONFIGS = {
     # mixtures of experts in every block (as released): 4 experts, 2 per token
     "qwen3_moe": lambda: Qwen3MoeConfig(**_COMMON, head_dim=16, num_experts=4, num_experts_per_tok=2,
                                         moe_intermediate_size=32, norm_topk_prob=True),
+    # GPT-OSS: biases on every expert and the router, attention sinks, sliding and full blocks alternating, YaRN
+    "gpt_oss": lambda: GptOssConfig(**{**_COMMON, "max_position_embeddings": 131072, "intermediate_size": 32},
+                                    head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                                    sliding_window=8),
     "qwen2_moe": lambda: Qwen2MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                         shared_expert_intermediate_size=48),
     # SmolLM3: every 4th block without RoPE (its default pattern), a sliding window on two blocks; its default
@@ -74,7 +78,7 @@ def make_model(name: str, seed: int = 0, dtype=torch.float32, init: float = 0.2,
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith(".bias"):
+            if n.endswith((".bias", "_bias")):  # "_bias": stacked experts' (GPT-OSS)
                 p.normal_(0, 0.1)  # existing biases must be kept, not overwritten
     return model.to(dtype)
 
