@@ -368,7 +368,13 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
              "mlp_out": Site("mlp", (_GPT_OSS_MLP[2],), "direct"), "resid": Site("", (_GPT_OSS_MLP[2],), "direct")},
             {**_ATTENTION_GROUPS, **{m: "mlp" for m in _GPT_OSS_MLP}},
             defaults={"attention_bias": True}, stacked=_GPT_OSS_MLP[1:], packed=("mxfp4",),
-            runtimes=_UNMEASURED, measured=_ran(),
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_ALL, mlxlm=_ALL, ctranslate2=_g(R, R, R),
+                                                onnxruntime=_ALL)},
+            measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**{("MLX-LM", g): "MLX-LM 0.32.2 reads GPT-OSS in its released layout (experts MXFP4-packed, "
+                                     "which a bake keeps); one saved unpacked by transformers is refused, baked or "
+                                     "not" for g in GROUPS},
+                   **_no_family("CTranslate2", "GPT-OSS", _NO_CT2_LOADER)},
         ),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,

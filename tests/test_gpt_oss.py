@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import bakesteer.experts
@@ -20,12 +19,11 @@ from bakesteer.bake import Item, bake
 from bakesteer.cli import main
 from bakesteer.hooks import Steer
 from oracle import steered
-from tiny import HIDDEN, VOCAB, save_model
+from tiny import HIDDEN, VOCAB, save_packed_gpt_oss
 
 TOL = 1e-4
 IDS = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
 FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]  # E2M1 codes
-PACKED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 
 def _decode(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -39,21 +37,8 @@ def _decode(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    """A tiny GPT-OSS checkpoint with random MXFP4 experts and the quantization_config the released ones carry."""
     root = tmp_path_factory.mktemp("gpt_oss")
-    save_model("gpt_oss", root / "plain")
-    tensors = load_file(root / "plain" / "model.safetensors")
-    g = torch.Generator().manual_seed(0)
-    for key in [k for k in tensors if k.endswith(PACKED)]:
-        n, fan_in, fan_out = tensors.pop(key).shape
-        tensors[key + "_blocks"] = torch.randint(0, 256, (n, fan_out, fan_in // 32, 16), generator=g, dtype=torch.uint8)
-        tensors[key + "_scales"] = torch.randint(123, 127, (n, fan_out, fan_in // 32), generator=g, dtype=torch.uint8)
-    (root / "mx").mkdir()
-    save_file(tensors, root / "mx" / "model.safetensors", metadata={"format": "pt"})
-    cfg = json.loads((root / "plain" / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
-        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
-    (root / "mx" / "config.json").write_text(json.dumps(cfg))
+    save_packed_gpt_oss(root / "mx")
     return root
 
 

@@ -53,6 +53,9 @@ REFUSED = ["qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe"]  # strict load: th
 _GPT2_KEYS = (ValueError, r"parameters not in model: \nmodel\.transformer\.h\.0\.")
 FAMILY_REFUSED = {"gpt2": [_GPT2_KEYS]}
 NO_MODEL: list[str] = ["opt"]  # families MLX-LM has no model for
+# read in the released layout only: GPT-OSS's sanitize splits MXFP4-packed experts (``*_blocks``/``*_scales``); the
+# unpacked (E, in, out) experts transformers saves are renamed without ".weight" and refused as not in the model
+PACKED_ONLY = ["gpt_oss"]
 # MLX-LM limits unrelated to biases, kept out of the way: Gemma and Gemma2 always tie the output embedding (as the
 # real models do), Gemma2 has no sliding window (1.9 off with a window of 8), Gemma3's masks take block 5 (fewer
 # blocks: IndexError), GPT-NeoX builds a 4x MLP whatever intermediate_size says and uses the tanh GELU (1.7e-3
@@ -132,13 +135,14 @@ def _tiny_bake(src: Path, site: str, out: Path) -> Path:
 
 def test_every_table_family_has_a_verdict_and_the_table_agrees():
     """A family added to bakesteer's table must be run here, or its refusal shown; MLX-LM has a model for all."""
-    lists = [set(KEPT), set(REFUSED), set(FAMILY_REFUSED), set(NO_MODEL)]
+    lists = [set(KEPT), set(REFUSED), set(FAMILY_REFUSED), set(NO_MODEL), set(PACKED_ONLY)]
     assert set().union(*lists) == set(ARCHS) and sum(map(len, lists)) == len(ARCHS)
     for name, arch in ARCHS.items():
         for model_type in arch.model_types:
             with pytest.raises(ValueError, match="not supported") if name in NO_MODEL else contextlib.nullcontext():
                 mlx_utils._get_classes({"model_type": model_type})
-    the_table_says("MLX-LM", {**{f: "yes" for f in KEPT}, **{f: "refused" for f in [*REFUSED, *FAMILY_REFUSED]},
+    the_table_says("MLX-LM", {**{f: "yes" for f in [*KEPT, *PACKED_ONLY]},
+                              **{f: "refused" for f in [*REFUSED, *FAMILY_REFUSED]},
                               **{f: "refused" for f in NO_MODEL}})
 
 
@@ -182,6 +186,46 @@ def test_mlx_refuses_the_family_as_transformers_5_writes_it(tmp_path, source, na
                 mlx_utils.load_model(folder)
             fix(folder)
         assert _max(_mlx(folder, [IDS]), want) <= TOL
+
+
+# MLX-LM, like llama.cpp, always truncates YaRN's correction range (GPT-OSS's released configs switch it off:
+# 0.06 logits off on the tiny model, baked or not); the tiny GPT-OSS here has it on
+_YARN_TRUNCATED = {"gpt_oss": dict(rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                                    "beta_slow": 1.0, "truncate": True, "rope_theta": 150000.0,
+                                                    "original_max_position_embeddings": 4096})}
+
+
+@pytest.fixture(scope="module")
+def packed_source(tmp_path_factory):
+    from tiny import save_packed_gpt_oss
+
+    made: dict[str, tuple[Path, list[np.ndarray]]] = {}
+
+    def get(name: str) -> tuple[Path, list[np.ndarray]]:
+        if name not in made:
+            src = tmp_path_factory.mktemp(name) / "src"
+            save_packed_gpt_oss(src, **_YARN_TRUNCATED[name])
+            readable = _readable(src, src.with_name("readable"))
+            made[name] = (src, _mlx(readable, [IDS]))
+        return made[name]
+    return get
+
+
+@pytest.mark.parametrize("name,site", _sites(PACKED_ONLY))
+def test_mlx_runs_the_bake_of_a_packed_checkpoint(tmp_path, packed_source, name, site):
+    src, plain = packed_source(name)
+    out = _tiny_bake(src, site, tmp_path / "baked")
+    got, want = _mlx(out, [IDS]), _hf(out, [IDS])
+    assert _max(got, want) <= TOL, f"MLX-LM vs transformers on the packed {name} {site} bake: {_max(got, want):.2e}"
+    assert _max(got, plain) >= 100 * TOL, f"the steer moved MLX-LM's logits by only {_max(got, plain):.2e}"
+
+
+@pytest.mark.parametrize("name", PACKED_ONLY)
+def test_mlx_refuses_the_family_saved_unpacked(tmp_path, name):
+    src = _readable(_save(name, tmp_path / "plain"), tmp_path / "src")
+    for folder in (src, _tiny_bake(src, "resid", tmp_path / "baked")):
+        with pytest.raises(ValueError, match="parameters not in model"):
+            mlx_utils.load_model(folder)
 
 
 def test_the_rope_theta_trap_is_real_and_fixed(tmp_path):

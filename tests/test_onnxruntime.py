@@ -45,7 +45,7 @@ TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # within the tiny
 # give 4, so the tiny Phi rotates whole heads
 FIT = {"phi": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0})}
 # families the builder builds (Mistral and Qwen2 bakes at a site they have no slot for are written as Llama)
-BUILT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "granite", "phi")
+BUILT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "granite", "phi", "gpt_oss")
 CELLS = [(f, s) for f in BUILT for s in exact_sites(CONFIGS[f]().to_dict())]
 # families it refuses: onnxruntime_genai/models/builder.py create_model dispatches on config.architectures[0] and
 # has no GPT2LMHeadModel, GPTNeoXForCausalLM or Olmo2ForCausalLM; builders/base.py Model.make_rope_init reads
@@ -60,9 +60,14 @@ NOT_BUILT = {"gpt2": (NotImplementedError, "is not currently supported"),
              **{f: (NotImplementedError, "is not currently supported") for f in ("gptj", "cohere", "cohere2", "olmo3",
                                                                                "qwen3_moe", "qwen2_moe")}}
 # the exported graph's name for the bias a site folds into (block 1)
-FOLDED = {"attn_in": ["attn.qkv_proj"], "mlp_in": ["mlp.gate_proj", "mlp.up_proj"], "attn_out": ["attn.o_proj"],
-          "mlp_out": ["mlp.down_proj"], "resid": ["mlp.down_proj"]}
-FOLDED_PHI = {**FOLDED, "mlp_in": ["mlp.fc1"], "mlp_out": ["mlp.fc2"], "resid": ["mlp.fc2"]}
+FOLDED = {"attn_in": ["attn.qkv_proj.Add"], "mlp_in": ["mlp.gate_proj.Add", "mlp.up_proj.Add"],
+          "attn_out": ["attn.o_proj.Add"], "mlp_out": ["mlp.down_proj.Add"], "resid": ["mlp.down_proj.Add"]}
+FOLDED_BY_FAMILY = {
+    "phi": {**FOLDED, "mlp_in": ["mlp.fc1.Add"], "mlp_out": ["mlp.fc2.Add"], "resid": ["mlp.fc2.Add"]},
+    # its MoE node keeps the experts' stacked biases as initializers of their own
+    "gpt_oss": {**FOLDED, "mlp_in": ["moe.router.Add", "moe.experts.gate_up_proj"],
+                "mlp_out": ["moe.experts.down_proj"], "resid": ["moe.experts.down_proj"]},
+}
 
 
 def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -149,8 +154,8 @@ def test_tiny_bake_runs_in_onnxruntime(tmp_path, tiny_source, family, site):
     effect = np.abs(got - plain).max()
     assert effect >= 100 * tol, f"the steer moved ONNX Runtime's logits by only {effect:.2e}"
     names = onnx_bias_names(onnx)
-    folded = (FOLDED_PHI if family == "phi" else FOLDED)[site]
-    assert all(f"model.layers.1.{m}.Add.bias" in names for m in folded), sorted(names)
+    folded = FOLDED_BY_FAMILY.get(family, FOLDED)[site]
+    assert all(f"model.layers.1.{m}.bias" in names for m in folded), sorted(names)
 
 
 @pytest.mark.parametrize("family", sorted(NOT_BUILT))

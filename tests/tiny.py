@@ -43,7 +43,7 @@ CONFIGS = {
     "qwen3_moe": lambda: Qwen3MoeConfig(**_COMMON, head_dim=16, num_experts=4, num_experts_per_tok=2,
                                         moe_intermediate_size=32, norm_topk_prob=True),
     # GPT-OSS: biases on every expert and the router, attention sinks, sliding and full blocks alternating, YaRN
-    "gpt_oss": lambda: GptOssConfig(**{**_COMMON, "max_position_embeddings": 131072, "intermediate_size": 32},
+    "gpt_oss": lambda: GptOssConfig(**{**_COMMON, "max_position_embeddings": 131072, "intermediate_size": 64},
                                     head_dim=16, num_local_experts=4, num_experts_per_tok=2,
                                     sliding_window=8),
     "qwen2_moe": lambda: Qwen2MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -87,6 +87,32 @@ def save_model(name: str, path, seed: int = 0, dtype=torch.float32) -> torch.nn.
     model = make_model(name, seed, dtype)
     model.save_pretrained(path)
     return model
+
+
+GPT_OSS_PACKED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def save_packed_gpt_oss(path, seed: int = 0, **config) -> None:
+    """The tiny GPT-OSS as released: experts MXFP4-packed (random blocks and scales), the rest unpacked, and the
+    quantization_config the released checkpoints carry."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    plain = path.with_name(path.name + "-unpacked")
+    make_model("gpt_oss", seed, **config).save_pretrained(plain)
+    tensors = load_file(plain / "model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    for key in [k for k in tensors if k.endswith(GPT_OSS_PACKED)]:
+        n, fan_in, fan_out = tensors.pop(key).shape
+        tensors[key + "_blocks"] = torch.randint(0, 256, (n, fan_out, fan_in // 32, 16), generator=g, dtype=torch.uint8)
+        tensors[key + "_scales"] = torch.randint(123, 127, (n, fan_out, fan_in // 32), generator=g, dtype=torch.uint8)
+    path.mkdir(parents=True)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((plain / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (path / "config.json").write_text(json.dumps(cfg))
 
 
 def llama_without_mlp_bias() -> Arch:
