@@ -376,6 +376,35 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                                      "not" for g in GROUPS},
                    **_no_family("CTranslate2", "GPT-OSS", _NO_CT2_LOADER)},
         ),
+        Arch(  # q/k norms act after the projections (and their biases); experts and router without biases
+            "olmoe", ("olmoe",), ("OlmoeForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS, _MOE_SITES,
+            _ATTENTION_GROUPS, defaults=_NO_ATTN_BIAS,
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(U, U, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**_no_family("CTranslate2", "OLMoE", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "OLMoE", _NO_GENAI_BUILDER)},
+        ),
+        Arch(  # sandwich block: post_self_attn_layernorm and post_mlp_layernorm before each residual add
+            "glm4", ("glm4",), ("Glm4ForCausalLM",), "model.layers", "linear",
+            {**{m: "attention_bias" for m in _QKV}, _O: NEVER, "mlp.gate_up_proj": NEVER, "mlp.down_proj": NEVER},
+            {"attn_in": Site("input_layernorm", _QKV, "through"),
+             "mlp_in": Site("post_attention_layernorm", None, "through",
+                            why_not="GLM4 builds its fused gate_up_proj with bias=False"),
+             "attn_out": Site("self_attn", None, "direct", why_not="GLM4 builds o_proj with bias=False, and "
+                              "post_self_attn_layernorm normalises the attention output before the residual add"),
+             "mlp_out": Site("mlp", None, "direct", why_not="GLM4 builds down_proj with bias=False, and "
+                             "post_mlp_layernorm normalises the MLP output before the residual add"),
+             "resid": Site("", None, "direct", why_not="post_mlp_layernorm sits between the MLP and the residual add, "
+                           "and down_proj has no bias")},
+            {**{m: "qkv" for m in _QKV}, _O: "o", "mlp.gate_up_proj": "mlp", "mlp.down_proj": "mlp"},
+            defaults={"attention_bias": True},
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(U, U, U), mlxlm=_g(Y, U, U), ctranslate2=_g(R, U, U),
+                                                onnxruntime=_g(R, U, U))},
+            measured=_ran(mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),
+            notes={**_no_family("CTranslate2", "GLM4", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "GLM4", _NO_GENAI_BUILDER)},
+        ),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,

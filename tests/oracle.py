@@ -54,6 +54,8 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "smollm3": _LLAMA_LIKE,
     "qwen3_moe": _ATTENTION_ONLY,  # the MLP is a mixture of experts without biases
     "qwen2_moe": {"attn_in": _LLAMA_LIKE["attn_in"]},  # and o_proj has no bias
+    "olmoe": _ATTENTION_ONLY,  # pre-norm; q_norm/k_norm come after the q/k projections
+    "glm4": {"attn_in": _LLAMA_LIKE["attn_in"]},  # o_proj has no bias; post-norms after attention and MLP
     "gpt_oss": _LLAMA_LIKE,  # pre-norm; its mlp returns (hidden, router scores), the hook steers the hidden
     "olmo3": {
         "attn_in": ("model.layers.{L}.self_attn", "input"),

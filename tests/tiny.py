@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config,
-                          GPTJConfig, GPTNeoXConfig, GptOssConfig, GraniteConfig, Olmo3Config, Qwen2MoeConfig,
+                          GPTJConfig, GPTNeoXConfig, GptOssConfig, Glm4Config, OlmoeConfig, GraniteConfig, Olmo3Config, Qwen2MoeConfig,
                           Qwen3MoeConfig,
                           LlamaConfig, MistralConfig, Olmo2Config, OPTConfig, PhiConfig, Qwen2Config, Qwen3Config,
                           SmolLM3Config, Starcoder2Config)
@@ -46,6 +46,11 @@ CONFIGS = {
     "gpt_oss": lambda: GptOssConfig(**{**_COMMON, "max_position_embeddings": 131072, "intermediate_size": 64},
                                     head_dim=16, num_local_experts=4, num_experts_per_tok=2,
                                     sliding_window=8),
+    # OLMoE: q/k norms, routing weights that do not sum to 1 (norm_topk_prob off, as released)
+    "olmoe": lambda: OlmoeConfig(**{**_COMMON, "intermediate_size": 32}, num_experts=4, num_experts_per_tok=2,
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # GLM4: sandwich norms, half-rotary interleaved RoPE, native q/k/v biases
+    "glm4": lambda: Glm4Config(**_COMMON, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2),
     "qwen2_moe": lambda: Qwen2MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                         shared_expert_intermediate_size=48),
     # SmolLM3: every 4th block without RoPE (its default pattern), a sliding window on two blocks; its default
