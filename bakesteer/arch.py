@@ -21,14 +21,15 @@ entry builds its own ``Arch`` and puts it in play for a block with ``variant(arc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 from .archtypes import (ALWAYS, GROUPS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES, SITES, Approx, Arch,  # noqa: F401
-                        Gguf, Group, Layout, Relabel, Site, Support, flag_on)
+                        Gguf, Group, Layout, Relabel, Site, Support, Wrapper, flag_on)
 from .errors import BakesteerError
-from .families import APPROX_POST_NORM, APPROX_PRE_NORM, ARCHS  # noqa: F401
+from .families import APPROX_POST_NORM, APPROX_PRE_NORM, ARCHS, WRAPPERS  # noqa: F401
 
 _VARIANTS: ContextVar[tuple[Arch, ...]] = ContextVar("bakesteer_arch_variants", default=())
 
@@ -58,11 +59,41 @@ def find_arch(cfg: Mapping | None = None, *, gguf: str | None = None) -> Arch:
                                  f"{known}); bake the Hugging Face checkpoint instead and convert it with llama.cpp.")
         return found
     model_type = (cfg or {}).get("model_type")
+    wrapper = next((w for w in WRAPPERS.values() if model_type in w.model_types), None)
+    if wrapper is not None:
+        return _inside(wrapper, cfg)
     found = next((a for a in _entries() if model_type in a.model_types), None)
     if found is None:
         known = ", ".join(sorted(t for a in ARCHS.values() for t in a.model_types))
         raise BakesteerError(f"model_type {model_type!r} is not supported; bakesteer supports: {known}.")
     return found
+
+
+def _inside(w: Wrapper, cfg: Mapping) -> Arch:
+    """The text decoder's family as it sits inside a multimodal wrapper."""
+    text = cfg.get("text_config")
+    text = {"model_type": w.default_text, **(text if isinstance(text, Mapping) else {})}
+    if any(text["model_type"] in x.model_types for x in WRAPPERS.values()):
+        raise BakesteerError(f"{cfg.get('model_type')}'s text_config is itself a multimodal config; fix the config.")
+    try:
+        inner = find_arch(text)
+    except BakesteerError:
+        raise BakesteerError(f"{cfg.get('model_type')}'s text decoder (model_type {text['model_type']!r}) is not in "
+                             "bakesteer's table, so its biases cannot be baked; bakesteer bakes multimodal "
+                             f"checkpoints of: {', '.join(sorted(WRAPPERS))}.") from None
+    return wrapped(inner, w.prefix, w.stored_as)
+
+
+def wrapped(inner: Arch, prefix: str, stored_as: tuple[tuple[str, str], ...]) -> Arch:
+    """``inner`` with its modules under a wrapper's ``prefix`` (``model.layers`` -> ``<prefix>.layers``), its
+    config read from ``text_config``; no runtime is known to read such a bake, no approximation or GGUF form."""
+    def moved(path: str) -> str:
+        assert path.startswith("model."), (inner.name, path)
+        return f"{prefix}.{path.removeprefix('model.')}"
+
+    return dataclasses.replace(inner, layers=moved(inner.layers), final_norm=moved(inner.final_norm),
+                               text_key="text_config", stored_as=stored_as, approx=None, gguf=None, runtimes={},
+                               measured={}, notes={})
 
 
 arch_for = find_arch  # the name older modules use
@@ -116,6 +147,8 @@ def _resolve(arch: Arch, cfg: Mapping, site_name: str) -> FoldTarget | str:
     if blocker is not None and arch.relabel.windowed is None:
         return f"{arch.name} has no bias slot there and {blocker}"
     target = ARCHS[arch.relabel.to if blocker is None else arch.relabel.windowed]
+    if arch.text_key:  # relabelled inside the wrapper: the text config's family changes, its place does not
+        target = wrapped(target, arch.final_norm.rsplit(".", 1)[0], arch.stored_as)
     tsite = target.sites[site_name]
     # biases the source always has must load in the target, so their flags go on too
     kept = {target.bias_slot(m) for m, s in arch.linears.items() if s == ALWAYS}

@@ -95,6 +95,19 @@ class Gguf:
 
 
 @dataclass(frozen=True)
+class Wrapper:
+    """A multimodal checkpoint whose text decoder is a family of the table: a bake edits that decoder's biases in
+    place (flags in ``text_config``), every other tensor (vision tower, projector) is copied byte for byte."""
+
+    model_types: tuple[str, ...]
+    architectures: tuple[str, ...]
+    default_text: str  # model_type of the text config when it does not say
+    prefix: str = "model.language_model"  # module path of the text decoder (its blocks, norm, embeddings)
+    stored_as: tuple[tuple[str, str], ...] = ()  # (module prefix, the prefix save_pretrained writes)
+    why_not: Mapping[str, str] = field(default_factory=dict)  # text family -> why it cannot be baked inside
+
+
+@dataclass(frozen=True)
 class Arch:
     name: str
     model_types: tuple[str, ...]
@@ -114,6 +127,8 @@ class Arch:
     approx: Approx | None = None  # how a site with no exact fold is approximated on request
     stacked: tuple[str, ...] = ()  # expert projections stored as one (E, in, out) tensor, bias ``<name>_bias`` (E, out)
     packed: tuple[str, ...] = ()  # quant methods that pack only ``stacked`` weights (baked as stored; see experts.py)
+    text_key: str | None = None  # a multimodal wrapper's: the config key holding its text decoder's config
+    stored_as: tuple[tuple[str, str], ...] = ()  # (module prefix, prefix in older checkpoints), e.g. LLaVA's
     gguf: Gguf | None = None  # the llama.cpp form, where bakesteer bakes GGUF files of this family
     runtimes: Mapping[str, Mapping[Group, Support]] = field(default_factory=dict)  # of a checkpoint written as it
     measured: Mapping[str, tuple[Group, ...]] = field(default_factory=dict)  # runtime -> groups run in RUNTIME_TESTS
@@ -134,8 +149,14 @@ class Arch:
         return (name, f"{name}_bias") if module in self.stacked else (f"{name}.weight", f"{name}.bias")
 
     def config(self, cfg: Mapping) -> dict:
-        """``cfg`` with this family's defaults filled in (what transformers would read)."""
-        return {**self.defaults, **cfg}
+        """``cfg`` with this family's defaults filled in (what transformers would read); for a multimodal
+        wrapper, its text decoder's config (given the wrapper's or the text config itself)."""
+        inner = cfg.get(self.text_key) if self.text_key else None
+        return {**self.defaults, **(inner if isinstance(inner, Mapping) else cfg)}
+
+    def stored_names(self, key: str) -> list[str]:
+        """``key`` (a module's parameter name) and the names older checkpoints of this family store it under."""
+        return [key] + [old + key[len(new):] for new, old in self.stored_as if key.startswith(new)]
 
     def hidden_and_layers(self, cfg: Mapping) -> tuple[int, int]:
         try:

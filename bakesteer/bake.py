@@ -89,7 +89,7 @@ def _keys(ckpt: TensorSource, arch: Arch, layer: int, module: str) -> tuple[str,
     wname, bname = arch.names(layer, module)
     if module in arch.stacked:
         return wname, bname
-    wkey = ckpt.resolve(wname)
+    wkey = next((n for n in arch.stored_names(wname) if n in ckpt.tensors), None) or ckpt.resolve(wname)
     return wkey, wkey[: -len("weight")] + "bias"
 
 
@@ -195,17 +195,23 @@ def _zeros_for_flags(ckpt: TensorSource, arch: Arch, flags: list[str], n_layers:
 
 
 def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, flags: list[str]) -> dict:
+    """The config a bake writes: flags on, and a relabel's keys; inside a multimodal wrapper, all of it in the
+    text decoder's config (the wrapper keeps its own architecture)."""
     config = dict(config)
+    text = config
+    if source.text_key:
+        text = config[source.text_key] = source.config(config)  # the text config with its family's defaults
     if relabelled and arch.name == source.relabel.windowed:
-        config.update(source.relabel.windowed_config(source.config(config)))
+        text.update(source.relabel.windowed_config(source.config(text)))
     elif relabelled:
         for key in source.relabel.drop:
-            config.pop(key, None)
+            text.pop(key, None)
     if relabelled:
-        config["model_type"] = arch.model_types[0]
-        config["architectures"] = [arch.architectures[0]]
+        text["model_type"] = arch.model_types[0]
+        if not source.text_key:
+            text["architectures"] = [arch.architectures[0]]
     for flag in flags:
-        config[flag] = True
+        text[flag] = True
     return for_every_reader(config)
 
 

@@ -148,7 +148,7 @@ class Model:
 
     def __init__(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | None = "cpu",
                  config: dict | None = None, attn_implementation: str | None = None, keep: bool = False):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         _weights_by_mmap()
         self.folder = Path(folder)
@@ -167,12 +167,14 @@ class Model:
         if dtype == torch.float64:  # the grouped matmul of transformers' MoE experts has no float64 kernel
             hf_cfg._experts_implementation = "eager"
         with _params_on_meta():
-            self.model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype).eval()
+            auto = AutoModelForImageTextToText if self.arch.text_key else AutoModelForCausalLM
+            self.model = auto.from_config(hf_cfg, dtype=dtype).eval()
         for m in self.model.modules():
             for k, b in m._buffers.items():
                 if b is not None and b.device != self.device:
                     m._buffers[k] = b.to(self.device)
         self.config = self.model.config
+        self.text_config = self.config.get_text_config()  # the decoder's own (a multimodal wrapper's text_config)
         self.layers = self.model.get_submodule(self.arch.layers)
         self.base = self.model.base_model
         self.resident: set[str] = set()  # parts whose weights are loaded: "embed", "head", block numbers
@@ -237,9 +239,15 @@ class Model:
             for alias in (name, HEAD_ALIAS):
                 if alias in self.ckpt.tensors:
                     return alias
-            if getattr(self.config, "tie_word_embeddings", False):
-                return self.ckpt.resolve(self._embed_weight())
-        return self.ckpt.resolve(name)
+            if getattr(self.text_config, "tie_word_embeddings", False) or getattr(self.config, "tie_word_embeddings",
+                                                                                   False):
+                return self._stored(self._embed_weight())
+        return self._stored(name)
+
+    def _stored(self, name: str) -> str:
+        """The checkpoint's name for parameter ``name``, under the family's older prefixes too."""
+        return next((n for n in self.arch.stored_names(name) if n in self.ckpt.tensors), None) or \
+            self.ckpt.resolve(name)
 
     def _embed_weight(self) -> str:
         emb = self.model.get_input_embeddings()
@@ -380,13 +388,13 @@ class Model:
         """Logits from the last block's hidden state, with the resident final norm and head (and the family's
         logit scaling or soft-capping)."""
         logits = self.model.get_output_embeddings()(self._final_norm()[1](h))
-        scale = getattr(self.config, "logits_scaling", None)  # Granite divides
+        scale = getattr(self.text_config, "logits_scaling", None)  # Granite divides
         if scale:
             logits = logits / scale
-        factor = getattr(self.config, "logit_scale", None)  # Cohere multiplies
+        factor = getattr(self.text_config, "logit_scale", None)  # Cohere multiplies
         if factor:
             logits = logits * factor
-        cap = getattr(self.config, "final_logit_softcapping", None)
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits

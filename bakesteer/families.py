@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from .archtypes import (ALWAYS, GROUPS, NEVER, RUNTIMES, Approx, Arch, Gguf, Group, Relabel, Site, Support)
+from .archtypes import (ALWAYS, GROUPS, NEVER, RUNTIMES, Approx, Arch, Gguf, Group, Relabel, Site, Support,
+                        Wrapper)
 
 def _sliding_window_in_play(cfg: Mapping) -> str | None:
     """Llama has no sliding window, so a relabel is exact only when none is in play."""
@@ -451,4 +452,16 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                 ("llama.cpp", g): "llama.cpp's converter refuses a Cohere2 checkpoint with any non-zero bias; bake the "
                                   "GGUF at attn_in instead (llama.cpp reads its q/k/v biases)" for g in QKV_O}))),
     ]
+})
+
+
+# save_pretrained writes LLaVA-style wrappers under their transformers 4 names (transformers' conversion mapping
+# renames them back at load): module prefix -> stored prefix
+_LLAVA_STORED = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                 ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
+WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
+    "gemma3": Wrapper(("gemma3",), ("Gemma3ForConditionalGeneration",), "gemma3_text", stored_as=_LLAVA_STORED),
+    "llava": Wrapper(("llava",), ("LlavaForConditionalGeneration",), "llama", stored_as=_LLAVA_STORED),
+    # Mistral 3's text decoder is a Mistral: relabelled to Llama inside text_config where that is exact
+    "mistral3": Wrapper(("mistral3",), ("Mistral3ForConditionalGeneration",), "mistral", stored_as=_LLAVA_STORED),
 })

@@ -282,7 +282,7 @@ def verify_exact(out_dir: Path, rec, src: Path, new_tokens: int, progress: bool,
     touched = _touched(recipe, S.arch.layers, S.n_layers)
     proof = prove_bytes(Path(out_dir), recipe, src, touched, S.arch.layers)
     tok = load_tokenizer(out_dir) if has_tokenizer(Path(out_dir)) else None
-    prompts = prompt_ids(tok, S.config.vocab_size, random_prompts=random_prompts)
+    prompts = prompt_ids(tok, S.text_config.vocab_size, random_prompts=random_prompts)
     p = _Pass(S, Model(src, REF[dtype], device), Model(out_dir, dtype, device), steers, len(prompts))
     n_gen = 2 if new_tokens > 0 else 0
     never = end_tokens(src)

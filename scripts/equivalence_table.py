@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from bakesteer.arch import SITES, exact_sites
 from bakesteer.bake import Item, bake
@@ -23,15 +23,16 @@ from bakesteer.verify import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from oracle import steered  # noqa: E402  (tests/oracle.py: the independent hook)
-from tiny import CONFIGS, HIDDEN, VOCAB, save_model  # noqa: E402  (test fixtures, tests/tiny.py)
+from tiny import CONFIGS, HIDDEN, VOCAB, WRAPPED, make_wrapped, save_model  # noqa: E402  (tests/tiny.py)
 
 
 def _measure(src: Path, source, steers: list[Steer], prompts, work: Path, tag: str, family: str | None = None):
     """verify's comparison, and (for a tiny family) the largest |Δ| against the independent hook."""
     bake(src, [Item(s, {}) for s in steers], work / tag, progress=False)
-    baked = AutoModelForCausalLM.from_pretrained(work / tag, dtype=torch.float32).eval()
-    reference = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64,
-                                                     experts_implementation="eager").eval()  # MoE: no fp64 grouped mm
+    auto = AutoModelForImageTextToText if family in WRAPPED else AutoModelForCausalLM
+    baked = auto.from_pretrained(work / tag, dtype=torch.float32).eval()
+    reference = auto.from_pretrained(src, dtype=torch.float64,
+                                     experts_implementation="eager").eval()  # MoE: no fp64 grouped mm
     result = compare(source, baked, steers, prompts, new_tokens=32, reference=reference)
     if family is None:
         return result, None
@@ -52,9 +53,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in CONFIGS:
-            source = save_model(name, work / name).eval()
-            exact = exact_sites(CONFIGS[name]().to_dict())
+        for name in [*CONFIGS, *WRAPPED]:
+            if name in WRAPPED:  # a multimodal wrapper: its text decoder baked in place
+                source = make_wrapped(name)
+                source.save_pretrained(work / name)
+            else:
+                source = save_model(name, work / name).eval()
+            exact = exact_sites((WRAPPED.get(name) or CONFIGS[name])().to_dict())
             for site in SITES:
                 if site not in exact:
                     print(f"| {name} | {site} | refused (not exact) | | | | | | |")

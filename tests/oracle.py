@@ -88,6 +88,18 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.layers.{L}.mlp", "output"),
         "resid": ("model.layers.{L}", "output"),
     } for name in ("cohere", "cohere2")},
+    # multimodal wrappers: the text decoder's blocks are model.language_model.layers.N in each
+    "gemma3_mm": {  # Gemma 3 text: attention sites only (no MLP bias, a norm after each sublayer)
+        "attn_in": ("model.language_model.layers.{L}.input_layernorm", "output"),
+        "attn_out": ("model.language_model.layers.{L}.self_attn", "output"),
+    },
+    **{name: {  # a Llama (or Mistral, relabelled to Llama inside text_config) text decoder
+        "attn_in": ("model.language_model.layers.{L}.input_layernorm", "output"),
+        "mlp_in": ("model.language_model.layers.{L}.post_attention_layernorm", "output"),
+        "attn_out": ("model.language_model.layers.{L}.self_attn", "output"),
+        "mlp_out": ("model.language_model.layers.{L}.mlp", "output"),
+        "resid": ("model.language_model.layers.{L}", "output"),
+    } for name in ("llava", "mistral3", "mistral3_window")},
 }
 
 

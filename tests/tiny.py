@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
-from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3TextConfig, Glm4Config,
+from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3Config, Gemma3TextConfig,
+                          Glm4Config, LlavaConfig, Mistral3Config,
                           GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig, GraniteConfig, LlamaConfig,
                           MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, PhiConfig, Qwen2Config,
                           Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
@@ -69,6 +70,40 @@ CONFIGS = {
     "cohere2": lambda: Cohere2Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=8,
                                      layer_types=["sliding_attention"] * 3 + ["full_attention"]),
 }
+
+
+_TEXT = {k: v for k, v in _COMMON.items() if k != "tie_word_embeddings"}
+_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+               patch_size=14)
+# multimodal wrappers around a text decoder of the table (tiny vision towers; no image is ever fed)
+WRAPPED = {
+    "gemma3_mm": lambda: Gemma3Config(text_config=dict(_TEXT, head_dim=16, sliding_window=8,
+                                                       query_pre_attn_scalar=16),
+                                      vision_config=dict(_VISION, model_type="siglip_vision_model"),
+                                      mm_tokens_per_image=4),
+    "llava": lambda: LlavaConfig(text_config=dict(_TEXT, model_type="llama"),
+                                 vision_config=dict(_VISION, model_type="clip_vision_model", projection_dim=16)),
+    "mistral3": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="mistral", sliding_window=None),
+                                       vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
+    # with a sliding window in play: relabelled to SmolLM3 inside text_config
+    "mistral3_window": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="mistral", sliding_window=8),
+                                              vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
+}
+
+
+def make_wrapped(name: str, seed: int = 0, init: float = 0.2) -> torch.nn.Module:
+    """A random multimodal model of ``WRAPPED``, its existing biases random (as ``make_model``)."""
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    cfg = WRAPPED[name]()
+    cfg.get_text_config().initializer_range = init
+    model = AutoModelForImageTextToText.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0, 0.1)
+    return model
 
 
 def make_model(name: str, seed: int = 0, dtype=torch.float32, init: float = 0.2, **config) -> torch.nn.Module:
