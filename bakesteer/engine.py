@@ -268,6 +268,11 @@ class Model:
                     raise BakesteerError(f"{self.folder} stores {full} with shape {list(t.shape)}, which does not "
                                          "fit the model's config; the checkpoint does not match its config.")
                 m._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
+            for bname in [b for b in m._buffers if b not in m._non_persistent_buffers_set]:
+                stored = [n for n in self.arch.stored_names(".".join(x for x in (prefix, mname, bname) if x))
+                          if n in self.ckpt.tensors]  # a buffer the checkpoint holds (DeepSeek's expert choice)
+                if stored and m._buffers[bname] is not None:
+                    m._buffers[bname] = self._read(stored[0]).to(m._buffers[bname].dtype)
 
     @staticmethod
     def _free(module: torch.nn.Module) -> None:

@@ -139,6 +139,18 @@ _ATTENTION_LINEARS = {m: _LLAMA_LINEARS[m] for m in (*_QKV, _O)}  # an MoE block
 _ATTENTION_GROUPS = {m: _LLAMA_GROUPS[m] for m in (*_QKV, _O)}
 _MOE_SITES = {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook, None, "direct", why_not=_MOE)
                                     for s in ("mlp_in", "mlp_out", "resid")}}
+_MLA_IN = ("q_a_proj", "kv_a_proj_with_mqa")  # DeepSeek's projections of the block input (q via a low-rank q_a)
+_DEEPSEEK_MLP = ("its MLP has no bias slots (the dense blocks' and the experts' alike), and the routed experts' "
+                 "weights sum to routed_scaling_factor, not 1")
+
+
+def _deepseek_without_q_lora(cfg: Mapping) -> str | None:
+    if cfg.get("q_lora_rank") is not None:
+        return None
+    return ("without a low-rank query (q_lora_rank null, as DeepSeek-V2-Lite) its q_proj reads the block input "
+            "with bias=False, a form bakesteer does not bake yet")
+
+
 # GPT-OSS's MLP: the router (an (E, H) linear) and its experts' stacked projections (bakesteer.experts)
 _GPT_OSS_MLP = ("mlp.router", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 _UNMEASURED = {**_everywhere(_g(U, U, U)), "transformers": _ALL}
@@ -405,6 +417,23 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             measured=_ran(mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),
             notes={**_no_family("CTranslate2", "GLM4", _NO_CT2_LOADER),
                    **_no_family("ONNX Runtime", "GLM4", _NO_GENAI_BUILDER)},
+        ),
+        Arch(  # multi-head latent attention: the block's input enters q_a_proj and kv_a_proj_with_mqa only
+            "deepseek_v3", ("deepseek_v3",), ("DeepseekV3ForCausalLM",), "model.layers", "linear",
+            {**{f"self_attn.{m}": "attention_bias" for m in _MLA_IN}, _O: "attention_bias",
+             **{f"self_attn.{m}": NEVER for m in ("q_b_proj", "kv_b_proj")}},
+            {**_PRE_NORM_SITES, "attn_in": Site("input_layernorm", tuple(f"self_attn.{m}" for m in _MLA_IN), "through"),
+             **{s: Site(_PRE_NORM_SITES[s].hook, None, "direct", why_not=_DEEPSEEK_MLP)
+                for s in ("mlp_in", "mlp_out", "resid")}},
+            {**{f"self_attn.{m}": "qkv" for m in (*_MLA_IN, "q_b_proj", "kv_b_proj")}, _O: "o"},
+            defaults={"attention_bias": False, "q_lora_rank": 1536}, unsupported=_deepseek_without_q_lora,
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(R, R, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**{("llama.cpp", g): "llama.cpp's deepseek2 creates no q_a/kv_a/o biases and refuses a checkpoint "
+                                        "with them" for g in QKV_O},
+                   **_no_family("CTranslate2", "DeepSeek-V3", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "DeepSeek-V3", _NO_GENAI_BUILDER)},
         ),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,

@@ -56,6 +56,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "qwen2_moe": {"attn_in": _LLAMA_LIKE["attn_in"]},  # and o_proj has no bias
     "olmoe": _ATTENTION_ONLY,  # pre-norm; q_norm/k_norm come after the q/k projections
     "glm4": {"attn_in": _LLAMA_LIKE["attn_in"]},  # o_proj has no bias; post-norms after attention and MLP
+    "deepseek_v3": _ATTENTION_ONLY,  # pre-norm; the input enters q_a_proj and kv_a_proj_with_mqa
     "gpt_oss": _LLAMA_LIKE,  # pre-norm; its mlp returns (hidden, router scores), the hook steers the hidden
     "olmo3": {
         "attn_in": ("model.layers.{L}.self_attn", "input"),

@@ -44,7 +44,7 @@ REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "
            "starcoder2": (ValueError, "No conversion is registered"),
            **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2", "olmo3", "qwen3_moe",
                                                                         "qwen2_moe", "gpt_oss", "olmoe",
-                                                                        "glm4")},
+                                                                        "glm4", "deepseek_v3")},
            "phi": (AttributeError, "n_layer")}  # its PhiLoader reads config.n_layer, which PhiConfig does not have
 # CTranslate2 limits unrelated to biases, kept out of the way: its Gemma2 has no sliding window or soft-capping
 # (1.5 off on the tiny source), its Gemma3 fails on a prompt longer than the window (a buffer size error)

@@ -171,6 +171,7 @@ QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "
 # llama.cpp's runtime reads Cohere2's q/k/v biases (a GGUF bake runs), its converter refuses any non-zero bias
 CONVERTER_REFUSES_BIASES = ["cohere2"]
 NO_CONVERTER = ["opt", "gptj"]  # llama.cpp has no such architecture
+RUNTIME_REFUSES_BIASES = ["deepseek_v3"]  # its deepseek2 creates no q_a/kv_a/o bias: any bake refused, source runs
 NATIVE_QKV = ["qwen2_moe"]  # q/k/v biases the source already has: an attn_in bake changes them in place
 # not measured here (the table says unknown): the converted tiny OLMoE does not load in llama.cpp even unbaked, and
 # GLM4's converter wants GLM's own chat tokens (KeyError '<|user|>') from the tokenizer
@@ -305,7 +306,16 @@ def test_the_table_marks_these_families_measured_in_llamacpp():
                                  **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
                                  "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"},
                                  **{f: "refused" for f in NO_CONVERTER},
-                                 **{f: {"qkv": "refused", "o": "refused"} for f in CONVERTER_REFUSES_BIASES}})
+                                 **{f: {"qkv": "refused", "o": "refused"}
+                                    for f in [*CONVERTER_REFUSES_BIASES, *RUNTIME_REFUSES_BIASES]}})
+
+
+@pytest.mark.parametrize("family,site", [(f, s) for f in RUNTIME_REFUSES_BIASES for s in ("attn_in", "attn_out")])
+def test_llamacpp_refuses_every_bias_of_the_family(tmp_path, converted, family, site):
+    """The unbaked source converts and runs (the fixture measures it); a converted bake at either site does not."""
+    _bake_and_convert(converted, tmp_path, family, site)
+    with pytest.raises(ValueError, match="Failed to load model"):
+        load(tmp_path / "hf.gguf")
 
 
 @pytest.mark.parametrize("family,site", [(f, s) for f in CONVERTER_REFUSES_BIASES for s in ("attn_in", "attn_out")])

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
-from transformers import (CohereConfig, Cohere2Config, GemmaConfig, Gemma2Config, Gemma3Config, Gemma3TextConfig,
+from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config, Gemma3TextConfig,
                           Glm4Config, LlavaConfig, Mistral3Config,
                           GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig, GraniteConfig, LlamaConfig,
                           MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, PhiConfig, Qwen2Config,
@@ -51,6 +51,12 @@ CONFIGS = {
                                  pad_token_id=0, bos_token_id=1, eos_token_id=2),
     # GLM4: sandwich norms, half-rotary interleaved RoPE, native q/k/v biases
     "glm4": lambda: Glm4Config(**_COMMON, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # DeepSeek-V3: latent attention with a low-rank query, one dense block then routed + shared experts
+    "deepseek_v3": lambda: DeepseekV3Config(**{**_COMMON, "num_key_value_heads": 4}, moe_intermediate_size=32,
+                                            n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                                            first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16,
+                                            qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                                            n_shared_experts=1, pad_token_id=0, bos_token_id=1, eos_token_id=2),
     "qwen2_moe": lambda: Qwen2MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                         shared_expert_intermediate_size=48),
     # SmolLM3: every 4th block without RoPE (its default pattern), a sliding window on two blocks; its default
@@ -119,6 +125,9 @@ def make_model(name: str, seed: int = 0, dtype=torch.float32, init: float = 0.2,
         for n, p in model.named_parameters():
             if n.endswith((".bias", "_bias")):  # "_bias": stacked experts' (GPT-OSS)
                 p.normal_(0, 0.1)  # existing biases must be kept, not overwritten
+        for n, b in model.named_buffers():
+            if n.endswith("e_score_correction_bias"):  # DeepSeek's expert choice: a stored buffer, must be read
+                b.normal_(0, 0.1)
     return model.to(dtype)
 
 
