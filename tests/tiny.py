@@ -8,11 +8,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
-from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config, Gemma3TextConfig,
-                          Glm4Config, LlavaConfig, Mistral3Config,
-                          GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig, GraniteConfig, LlamaConfig,
-                          MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, PhiConfig, Qwen2Config,
-                          Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
+from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
+                          Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
+                          GraniteConfig, LlamaConfig, LlavaConfig, Mistral3Config, MistralConfig, Olmo2Config,
+                          Olmo3Config, OlmoeConfig, OPTConfig, PhiConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config,
+                          Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
