@@ -167,14 +167,12 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
 # Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
 # creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
 EVERY_GROUP = ["gpt2", "gpt_neox", "granite", "starcoder2", "phi", "gpt_oss"]
-QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "cohere", "qwen3_moe"]
+QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "cohere", "qwen3_moe", "olmoe"]
 # llama.cpp's runtime reads Cohere2's q/k/v biases (a GGUF bake runs), its converter refuses any non-zero bias
 CONVERTER_REFUSES_BIASES = ["cohere2"]
 NO_CONVERTER = ["opt", "gptj"]  # llama.cpp has no such architecture
 RUNTIME_REFUSES_BIASES = ["deepseek_v3"]  # its deepseek2 creates no q_a/kv_a/o bias: any bake refused, source runs
-NATIVE_QKV = ["qwen2_moe"]  # q/k/v biases the source already has: an attn_in bake changes them in place
-# not measured here (the table says unknown): the converted tiny OLMoE does not load in llama.cpp even unbaked, and
-# GLM4's converter wants GLM's own chat tokens (KeyError '<|user|>') from the tokenizer
+NATIVE_QKV = ["qwen2_moe", "glm4"]  # q/k/v biases the source already has: an attn_in bake changes them in place
 # what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp; its
 # phi2 has one key/value head per query head and a 4x MLP (as Phi-2); its SmolLM3 is ~10 logits off transformers'
 # on the unbaked tiny model's NoPE block (a disagreement of the two implementations, baked or not), so the tiny
@@ -185,10 +183,14 @@ _FIT = {**{f: dict(tie_word_embeddings=True) for f in ("gemma", "gemma2", "gemma
                         layer_types=["full_attention"] * 3),
         # llama.cpp always truncates YaRN's correction range, which GPT-OSS's released configs switch off
         # (truncate: false): 0.11 logits off on the tiny model, baked or not; with truncate on it is ~1e-5
-        "gpt_oss": dict(rope_parameters={**GptOssConfig().rope_parameters, "truncate": True})}
+        "gpt_oss": dict(rope_parameters={**GptOssConfig().rope_parameters, "truncate": True}),
+        "glm4": dict(vocab_size=49152 + 4),
+        "olmoe": dict(num_key_value_heads=4)}  # llama.cpp's olmoe sizes k_norm by the hidden size: no GQA (as released)
 # llama.cpp's converter reads Cohere2's rotary_pct, which transformers 5's Cohere2Config does not write (it rotates
 # whole heads): put in config.json as 1.0
 _CONFIG_KEYS = {"cohere2": {"rotary_pct": 1.0}}
+# GLM4's converter reads these from the tokenizer's added vocabulary (SmolLM2's lacks them): added as three more ids
+_CHAT_TOKENS = {"glm4": ["[gMASK]", "<|user|>", "<|observation|>"]}
 _CONVERT = {"gemma": dict(no_sentencepiece=True), "gemma2": dict(no_sentencepiece=True),
             "gpt_neox": dict(raw_config=True)}  # see tests/llamacpp_tools.py: stand-ins for the user's environment
 IDS = list(range(5, 29))
@@ -210,13 +212,20 @@ def converted(tmp_path_factory, smollm2):
     def get(family: str):
         if family not in made:
             src = tmp_path_factory.mktemp(family) / "src"
-            model = make_model(family, vocab_size=49152, bos_token_id=1, eos_token_id=2, **_FIT.get(family, {}))
+            model = make_model(family, **{"vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2,
+                                          **_FIT.get(family, {})})
             model.save_pretrained(src)
             cfg = src / "config.json"
             written = for_every_reader(json.loads(cfg.read_text()))
             cfg.write_text(json.dumps({**written, **_CONFIG_KEYS.get(family, {})}))
             for name in ("tokenizer.json", "tokenizer_config.json"):
                 shutil.copy(smollm2 / name, src / name)
+            if family in _CHAT_TOKENS:  # the tokens its converter names special
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(src)
+                tok.add_special_tokens({"additional_special_tokens": _CHAT_TOKENS[family]})
+                tok.save_pretrained(src)
             convert(src, src.with_suffix(".gguf"), **_CONVERT.get(family, {}))
             plain = _hf_plain_and_hooked(model, IDS, [])[0]
             own = np.abs(logits(load(src.with_suffix(".gguf")), IDS) - plain).max()
