@@ -104,7 +104,6 @@ class Wrapper:
     default_text: str  # model_type of the text config when it does not say
     prefix: str = "model.language_model"  # module path of the text decoder (its blocks, norm, embeddings)
     stored_as: tuple[tuple[str, str], ...] = ()  # (module prefix, the prefix save_pretrained writes)
-    why_not: Mapping[str, str] = field(default_factory=dict)  # text family -> why it cannot be baked inside
 
 
 @dataclass(frozen=True)

@@ -239,8 +239,7 @@ class Model:
             for alias in (name, HEAD_ALIAS):
                 if alias in self.ckpt.tensors:
                     return alias
-            if getattr(self.text_config, "tie_word_embeddings", False) or getattr(self.config, "tie_word_embeddings",
-                                                                                   False):
+            if any(getattr(c, "tie_word_embeddings", False) for c in (self.text_config, self.config)):
                 return self._stored(self._embed_weight())
         return self._stored(name)
 
