@@ -100,7 +100,6 @@ class Wrapper:
     place (flags in ``text_config``), every other tensor (vision tower, projector) is copied byte for byte."""
 
     model_types: tuple[str, ...]
-    architectures: tuple[str, ...]
     default_text: str  # model_type of the text config when it does not say
     prefix: str = "model.language_model"  # module path of the text decoder (its blocks, norm, embeddings)
     stored_as: tuple[tuple[str, str], ...] = ()  # (module prefix, the prefix save_pretrained writes)

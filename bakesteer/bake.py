@@ -89,7 +89,7 @@ def _keys(ckpt: TensorSource, arch: Arch, layer: int, module: str) -> tuple[str,
     wname, bname = arch.names(layer, module)
     if module in arch.stacked:
         return wname, bname
-    wkey = next((n for n in arch.stored_names(wname) if n in ckpt.tensors), None) or ckpt.resolve(wname)
+    wkey = ckpt.resolve(wname, arch.stored_names(wname))
     return wkey, wkey[: -len("weight")] + "bias"
 
 
@@ -200,7 +200,7 @@ def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, fl
     config = dict(config)
     text = config
     if source.text_key:
-        text = config[source.text_key] = source.config(config)  # the text config with its family's defaults
+        text = config[source.text_key] = dict(config.get(source.text_key) or {})
     if relabelled and arch.name == source.relabel.windowed:
         text.update(source.relabel.windowed_config(source.config(text)))
     elif relabelled:

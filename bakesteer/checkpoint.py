@@ -21,7 +21,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 from safetensors.numpy import save
@@ -65,10 +65,12 @@ class TensorSource:
     tensors: dict[str, TensorInfo]
     where: str
 
-    def resolve(self, key: str) -> str:
-        """The stored name of ``key``; some checkpoints drop the base-model prefix (GPT-2's 'transformer.')."""
-        if key in self.tensors:
-            return key
+    def resolve(self, key: str, aliases: Iterable[str] = ()) -> str:
+        """The stored name of ``key``: as named, under one of the family's older names (``aliases``), or without
+        the base-model prefix some checkpoints drop (GPT-2's 'transformer.')."""
+        found = next((k for k in (key, *aliases) if k in self.tensors), None)
+        if found is not None:
+            return found
         short = key.split(".", 1)[1]
         if short in self.tensors:
             return short

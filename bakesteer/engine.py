@@ -245,8 +245,7 @@ class Model:
 
     def _stored(self, name: str) -> str:
         """The checkpoint's name for parameter ``name``, under the family's older prefixes too."""
-        return next((n for n in self.arch.stored_names(name) if n in self.ckpt.tensors), None) or \
-            self.ckpt.resolve(name)
+        return self.ckpt.resolve(name, self.arch.stored_names(name))
 
     def _embed_weight(self) -> str:
         emb = self.model.get_input_embeddings()
@@ -267,11 +266,14 @@ class Model:
                     raise BakesteerError(f"{self.folder} stores {full} with shape {list(t.shape)}, which does not "
                                          "fit the model's config; the checkpoint does not match its config.")
                 m._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
-            for bname in [b for b in m._buffers if b not in m._non_persistent_buffers_set]:
-                stored = [n for n in self.arch.stored_names(".".join(x for x in (prefix, mname, bname) if x))
-                          if n in self.ckpt.tensors]  # a buffer the checkpoint holds (DeepSeek's expert choice)
-                if stored and m._buffers[bname] is not None:
-                    m._buffers[bname] = self._read(stored[0]).to(m._buffers[bname].dtype)
+            for bname, b in m._buffers.items():  # persistent buffers the checkpoint holds (an expert-choice bias)
+                full = ".".join(x for x in (prefix, mname, bname) if x)
+                if b is None or bname in m._non_persistent_buffers_set:
+                    continue
+                try:
+                    m._buffers[bname] = self._read(self._stored(full)).to(b.dtype)
+                except BakesteerError:
+                    continue  # not stored: the module's own value stands
 
     @staticmethod
     def _free(module: torch.nn.Module) -> None:

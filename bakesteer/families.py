@@ -489,8 +489,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
 _LLAVA_STORED = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
                  ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
 WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
-    "gemma3": Wrapper(("gemma3",), ("Gemma3ForConditionalGeneration",), "gemma3_text", stored_as=_LLAVA_STORED),
-    "llava": Wrapper(("llava",), ("LlavaForConditionalGeneration",), "llama", stored_as=_LLAVA_STORED),
+    "gemma3": Wrapper(("gemma3",), "gemma3_text", stored_as=_LLAVA_STORED),
+    "llava": Wrapper(("llava",), "llama", stored_as=_LLAVA_STORED),
     # Mistral 3's text decoder is a Mistral: relabelled to Llama inside text_config where that is exact
-    "mistral3": Wrapper(("mistral3",), ("Mistral3ForConditionalGeneration",), "mistral", stored_as=_LLAVA_STORED),
+    "mistral3": Wrapper(("mistral3",), "mistral", stored_as=_LLAVA_STORED),
 })

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -50,8 +51,8 @@ class GgufTensors(TensorSource):
         self.tensors = {t.name: TensorInfo("", t.tensor_type.name, tuple(int(n) for n in reversed(t.shape)))
                         for t in reader.tensors}
 
-    def resolve(self, key: str) -> str:
-        """``blk.N.<linear module>.weight|bias`` as llama.cpp names it."""
+    def resolve(self, key: str, aliases: Iterable[str] = ()) -> str:
+        """``blk.N.<linear module>.weight|bias`` as llama.cpp names it (a GGUF has no older names)."""
         prefix, rest = key.split(".", 2)[:2], key.split(".", 2)[2]
         module, kind = rest.rsplit(".", 1)
         name = f"{'.'.join(prefix)}.{self.names[module]}.{kind}"

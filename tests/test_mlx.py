@@ -190,9 +190,7 @@ def test_mlx_refuses_the_family_as_transformers_5_writes_it(tmp_path, source, na
 
 # MLX-LM, like llama.cpp, always truncates YaRN's correction range (GPT-OSS's released configs switch it off:
 # 0.06 logits off on the tiny model, baked or not); the tiny GPT-OSS here has it on
-_YARN_TRUNCATED = {"gpt_oss": dict(rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
-                                                    "beta_slow": 1.0, "truncate": True, "rope_theta": 150000.0,
-                                                    "original_max_position_embeddings": 4096})}
+_YARN_TRUNCATED = {"gpt_oss": dict(rope_parameters={**CONFIGS["gpt_oss"]().rope_parameters, "truncate": True})}
 
 
 @pytest.fixture(scope="module")
