@@ -77,6 +77,8 @@ class Relabel:
     blocker: Callable[[Mapping], str | None] = lambda cfg: None  # why it is not exact here, or None
     windowed: str | None = None  # the target instead when the blocker is a sliding window it can express
     windowed_config: Callable[[Mapping], dict] = lambda cfg: {}  # config keys written for that target
+    # fused linears the target has as parts: cfg -> {fused module: ((part module, rows), ...)} (bakesteer.fused)
+    split: Callable[[Mapping], Mapping[str, tuple[tuple[str, int], ...]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from . import __version__, experts
+from . import __version__, experts, fused
 from .arch import Arch, Site, approx_slots, find_arch, flag_on, fold_target, is_exact
 from .checkpoint import INDEX, Checkpoint, TensorSource, write_checkpoint
 from .configs import for_every_reader
@@ -54,6 +54,7 @@ class Plan:
     config: dict  # the written config.json
     updates: dict[str, np.ndarray]  # bias key -> new value (changed or added), in the checkpoint's dtype
     originals: dict[str, np.ndarray]  # bias key -> value before the bake (changed keys only)
+    source: TensorSource  # the tensors the keys name: the checkpoint, or its view with fused linears split
 
 
 def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
@@ -237,6 +238,8 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
     flags |= {slot for slot in (written.bias_slot(m) for _, m in extra or {}) if not flag_on(cfg, slot)}
     flags = sorted(flags)
 
+    if relabelled and source.relabel.split is not None:  # the target has the fused linears as parts
+        ckpt = ckpt.split(fused.split_keys(ckpt, source, source.relabel.split(cfg), n_layers))
     deltas = _Deltas(ckpt, written)
     for it in items:
         deltas.fold(it.steer, written.sites[it.steer.site], cfg, hidden)
@@ -245,7 +248,7 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
     updates, originals = deltas.cast()
     _zeros_for_flags(ckpt, written, flags, n_layers, updates)
     config = _written_config(ckpt.config, source, written, relabelled, flags)
-    return Plan(written, source.name if relabelled else None, flags, config, updates, originals)
+    return Plan(written, source.name if relabelled else None, flags, config, updates, originals, ckpt)
 
 
 def recipe_core(items: list[Item], p: Plan, tensors: Mapping[str, object]) -> dict:
@@ -377,18 +380,19 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
             "flags_switched_on": p.flags,
         },
         "dtype": str(next(iter(p.updates.values())).dtype),
-        **recipe_core(items, p, ckpt.tensors),
+        **recipe_core(items, p, p.source.tensors),
     }
     index = ckpt.root / INDEX
     copied = sum((ckpt.root / s).stat().st_size for s in ckpt.shard_meta)  # copied or linked, each hashed
     with staging as tmp, bar(total=copied, desc="writing", unit="B", unit_scale=True, unit_divisor=1024,
                              disable=not progress) as pbar:
-        written = write_checkpoint(ckpt, tmp, p.updates, p.config, link, pbar)
+        written = write_checkpoint(p.source, tmp, p.updates, p.config, link, pbar)
         recipe["shards"], recipe["files_left_out"], recipe["sha256"] = written.shards, written.left_out, written.sha256
         recipe["source"]["sha256"] = written.source_sha256
         record = Record(recipe, [as_f64(it.steer.vector) for it in items], p.originals,
                         (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None, heldout,
-                        (src / "README.md").read_bytes() if (src / "README.md").is_file() else None)
+                        (src / "README.md").read_bytes() if (src / "README.md").is_file() else None,
+                        {s: fused.source_header(ckpt, s)[8:].decode() for s in p.source.headers} or None)
         if prev is not None:
             record = merge(prev, record)
         record.write(tmp)

@@ -82,6 +82,10 @@ class TensorSource:
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
+    def split(self, keys: dict[str, list[tuple[str, int, int]]]) -> TensorSource:
+        """This source with fused tensors seen as their parts (``bakesteer.fused``)."""
+        raise NotImplementedError
+
     def read_bytes(self, key: str) -> np.ndarray:
         """A uint8 tensor (packed weights, their scales), refusing any other dtype."""
         info = self.tensors[key]
@@ -180,11 +184,14 @@ class Checkpoint(TensorSource):
         self.config = read_config(self.root)
         self.tensors: dict[str, TensorInfo] = {}
         self.shard_meta: dict[str, dict] = {}
+        self.data_start: dict[str, int] = {}  # per shard: where its data section begins (after the header)
+        self.headers: dict[str, bytes] = {}  # per shard: a header to write in place of the source's (fused.py)
         self._maps: dict[str, mmap.mmap] = {}
         for shard in self._shard_names():
             path = regular_file(self.root, shard, f"{self.root / INDEX}")
             meta, entries, start = read_header(path)
             self.shard_meta[shard] = meta
+            self.data_start[shard] = start
             for name, (dtype, shape, b, e) in entries.items():
                 if name in self.tensors:
                     raise BakesteerError(f"{self.root} stores tensor {name} in two shards; re-download it.")
@@ -211,6 +218,11 @@ class Checkpoint(TensorSource):
             f"{self.root} holds no safetensors weights (model.safetensors or {INDEX}); "
             "save the model with save_pretrained(...) first."
         )
+
+    def split(self, keys: dict[str, list[tuple[str, int, int]]]) -> Checkpoint:
+        from .fused import split_checkpoint
+
+        return split_checkpoint(self, keys)
 
     @property
     def sharded(self) -> bool:
@@ -271,17 +283,28 @@ def _hash_both(h_src, h_out, buf, out) -> None:
         h_out.update(out)
 
 
-def stream_copy(src: Path, dst: Path, patches: list[tuple[int, bytes]] = (), progress=None) -> tuple[str, str]:
+def stream_copy(src: Path, dst: Path, patches: list[tuple[int, bytes]] = (), progress=None,
+                header: tuple[int, bytes] | None = None) -> tuple[str, str]:
     """Copy ``src`` into the new file ``dst`` with byte ranges replaced, hashing as it goes.
 
-    Returns (sha256 of ``src``, sha256 of ``dst``). One read of the source: the hashes run on a
-    worker thread (hashlib releases the GIL) while the next chunk is read and written.
+    ``header``: (n, new bytes) writes the new bytes in place of the first n bytes of ``src`` (a rewritten
+    safetensors header); ``patches`` stay at their offsets in ``src``. Returns (sha256 of ``src``, sha256 of
+    ``dst``). One read of the source: the hashes run on a worker thread (hashlib releases the GIL) while the
+    next chunk is read and written.
     """
     patches = sorted(patches)
     h_src = hashlib.sha256()
-    h_out = hashlib.sha256() if patches else h_src
+    h_out = hashlib.sha256() if patches or header else h_src
     with open(src, "rb") as fs, open(dst, "xb") as fd, ThreadPoolExecutor(1) as pool:
         pending, pos = None, 0
+        if header is not None:
+            old = fs.read(header[0])
+            h_src.update(old)
+            h_out.update(header[1])
+            fd.write(header[1])
+            pos = len(old)
+            if progress is not None:
+                progress.update(pos)
         while buf := fs.read(CHUNK):
             out = _patched(buf, pos, patches)
             if pending is not None:
@@ -386,8 +409,9 @@ def write_checkpoint(ckpt: Checkpoint, out: Path, updates: Mapping[str, np.ndarr
     sha, src_sha = {}, {}
 
     def one(new: str, old: str) -> None:
-        if old in touched:
-            src_sha[old], sha[new] = stream_copy(ckpt.root / old, out / new, touched[old], progress)
+        if old in touched or old in ckpt.headers:
+            header = (ckpt.data_start[old], ckpt.headers[old]) if old in ckpt.headers else None
+            src_sha[old], sha[new] = stream_copy(ckpt.root / old, out / new, touched.get(old, []), progress, header)
         elif not link:
             sha[new] = src_sha[old] = copy_hashed(ckpt.root / old, out / new, progress)
         else:

@@ -151,6 +151,24 @@ def _deepseek_without_q_lora(cfg: Mapping) -> str | None:
             "with bias=False, a form bakesteer does not bake yet")
 
 
+def _phi3_split(cfg: Mapping) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Phi-3's fused rows: qkv_proj is q|k|v (heads x head size each), gate_up_proj is gate|up."""
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * head, (cfg.get("num_key_value_heads") or cfg["num_attention_heads"]) * head
+    inter = cfg["intermediate_size"]
+    return {"self_attn.qkv_proj": (("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)),
+            "mlp.gate_up_proj": (("mlp.gate_proj", inter), ("mlp.up_proj", inter))}
+
+
+def _partial_rotary(cfg: Mapping) -> str | None:
+    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), Mapping) else {}
+    factor = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if factor is None or factor == 1.0:
+        return None
+    return (f"its rotary embedding turns only part of each head (partial_rotary_factor {factor}, as Phi-4-mini), "
+            "which no family with bias slots expresses on the same weights")
+
+
 # GPT-OSS's MLP: the router (an (E, H) linear) and its experts' stacked projections (bakesteer.experts)
 _GPT_OSS_MLP = ("mlp.router", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 _UNMEASURED = {**_everywhere(_g(U, U, U)), "transformers": _ALL}
@@ -353,6 +371,17 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             notes={**_no_family("llama.cpp", "OPT", "llama.cpp has no OPT architecture; its converter refuses it"),
                    **_no_family("MLX-LM", "OPT", "MLX-LM 0.32.2 has no OPT model"),
                    **_no_family("ONNX Runtime", "OPT", _NO_GENAI_BUILDER)},
+        ),
+        Arch(  # no bias anywhere; q|k|v and gate|up fused: relabelled to Llama with the fused weights split
+            "phi3", ("phi3",), ("Phi3ForCausalLM",), "model.layers", "linear",
+            {m: NEVER for m in ("self_attn.qkv_proj", _O, "mlp.gate_up_proj", "mlp.down_proj")},
+            {**_PRE_NORM_SITES, "attn_in": Site("input_layernorm", ("self_attn.qkv_proj",), "through"),
+             "mlp_in": Site("post_attention_layernorm", ("mlp.gate_up_proj",), "through")},
+            {"self_attn.qkv_proj": "qkv", _O: "o", "mlp.gate_up_proj": "mlp", "mlp.down_proj": "mlp"},
+            relabel=Relabel("llama", drop=("sliding_window", "embd_pdrop", "resid_pdrop"),
+                            blocker=_sliding_window_in_play, windowed="smollm3",
+                            windowed_config=lambda cfg: _as_smollm3_window(cfg, first=0), split=_phi3_split),
+            defaults={"sliding_window": None, "max_position_embeddings": 4096}, unsupported=_partial_rotary,
         ),
         Arch(  # the experts' projections are 3-D parameters, stored one tensor per expert (bakesteer.stored)
             "qwen3_moe", ("qwen3_moe",), ("Qwen3MoeForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS,

@@ -10,6 +10,7 @@ import torch
 from .bake import Item, plan
 from .checkpoint import TensorInfo, TensorSource
 from .errors import BakesteerError
+from .fused import split_infos
 
 _NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
@@ -45,6 +46,15 @@ class ModelTensors(TensorSource):
     def _read_as(self, key: str, dtype: np.dtype) -> np.ndarray:
         return to_numpy(self.state[key])
 
+    def split(self, keys: dict[str, list[tuple[str, int, int]]]) -> ModelTensors:
+        view = object.__new__(ModelTensors)
+        view.config, view.state = self.config, dict(self.state)
+        view.tensors = split_infos(self.tensors, keys, self.where)
+        for key, rows in keys.items():
+            fused = view.state.pop(key)
+            view.state.update({part: fused[lo:hi] for part, lo, hi in rows})
+        return view
+
 
 def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
     """Fold ``items`` into ``model``'s biases in place and return it (a new model when the family changes)."""
@@ -56,7 +66,7 @@ def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
         cfg = {k: v for k, v in p.config.items() if k not in ("model_type", "transformers_version")}
         new = AutoModelForCausalLM.from_config(AutoConfig.for_model(p.config["model_type"], **cfg),
                                                dtype=next(model.parameters()).dtype)
-        state = {k: v for k, v in source.state.items() if k in new.state_dict()}
+        state = {k: v for k, v in p.source.state.items() if k in new.state_dict()}
         missing = new.load_state_dict({**state, **{k: to_torch(v) for k, v in p.updates.items()}},
                                       strict=False).missing_keys
         if missing:

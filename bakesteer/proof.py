@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .arch import find_arch
 from .checkpoint import CHUNK, Checkpoint
 from .errors import BakesteerError
+from .fused import split_keys
 
 
 @dataclass
@@ -43,18 +45,17 @@ def block_of(name: str, layers: str) -> int | None:
 
 
 def _spans(ckpt: Checkpoint, shard: str) -> tuple[list[int], list[tuple[int, int, str]]]:
-    spans = sorted((i.start, i.end, k) for k, i in ckpt.tensors.items() if i.shard == shard)
+    """The shard's tensors as (begin, end, name), offsets relative to its data section."""
+    base = ckpt.data_start[shard]
+    spans = sorted((i.start - base, i.end - base, k) for k, i in ckpt.tensors.items() if i.shard == shard)
     return [s for s, _, _ in spans], spans
 
 
 def _differing(a: bytes, b: bytes, pos: int, starts: list[int], spans: list[tuple[int, int, str]]) -> set[str]:
-    """Names of the tensors (or "the shard header", "the file size") whose bytes differ in chunks ``a``, ``b``
-    that start at file offset ``pos``."""
+    """Names of the tensors (or "the file size") whose bytes differ in chunks ``a``, ``b`` of the data
+    sections that start at data offset ``pos``."""
     n = min(len(a), len(b))
     out = {"the file size"} if len(a) != len(b) else set()
-    head = min(n, (starts[0] if starts else n + pos) - pos)
-    if head > 0 and a[:head] != b[:head]:
-        out.add("the shard header")
     k = max(bisect.bisect_right(starts, pos) - 1, 0)
     while k < len(spans) and spans[k][0] < pos + n:
         lo, hi = max(spans[k][0], pos) - pos, min(spans[k][1], pos + n) - pos
@@ -64,14 +65,21 @@ def _differing(a: bytes, b: bytes, pos: int, starts: list[int], spans: list[tupl
     return out
 
 
-def _compare(src: Path, out: Path, allowed: set[str], baked: Checkpoint, shard: str,
-             proof: ByteProof) -> tuple[str, str]:
-    """Stream both files; record tensors outside ``allowed`` whose bytes differ. Returns both sha256."""
+def _compare(src: Path, out: Path, allowed: set[str], baked: Checkpoint, shard: str, src_header: int,
+             expected: bytes | None, proof: ByteProof) -> tuple[str, str]:
+    """Stream both files: the baked header must be ``expected`` (None: the source's own), and tensors outside
+    ``allowed`` must have the bytes they have in the source's data section. Returns both sha256."""
     starts, spans = _spans(baked, shard)
     h_src, h_out = hashlib.sha256(), hashlib.sha256()
     pos, bad = 0, set()
     try:
         with open(src, "rb") as fs, open(out, "rb") as fo:
+            head_src, head_out = fs.read(src_header), fo.read(baked.data_start[shard])
+            h_src.update(head_src)
+            h_out.update(head_out)
+            proof.bytes += len(head_out)
+            if head_out != (head_src if expected is None else expected):
+                bad.add("the shard header")
             while True:
                 a, b = fs.read(CHUNK), fo.read(CHUNK)
                 if not a and not b:
@@ -89,6 +97,19 @@ def _compare(src: Path, out: Path, allowed: set[str], baked: Checkpoint, shard: 
     return h_src.hexdigest(), h_out.hexdigest()
 
 
+def _split_headers(src: Path, recipe: dict) -> tuple[Checkpoint, dict[str, bytes]]:
+    """The source, and the header each of its shards must have in the bake where a relabel split fused
+    linears (the same data under the parts' names; ``bakesteer.fused``)."""
+    source = Checkpoint(src)
+    arch = find_arch(source.config)
+    split = arch.relabel.split if arch.relabel is not None else None
+    if not recipe["written"].get("relabelled_from") or split is None:
+        return source, {}
+    cfg = arch.config(source.config)
+    n_layers = arch.hidden_and_layers(cfg)[1]
+    return source, source.split(split_keys(source, arch, split(cfg), n_layers)).headers
+
+
 def prove_bytes(folder: Path, recipe: dict, src: Path, proven_blocks: set[int], layers: str) -> ByteProof:
     """Compare every baked shard with its source shard, and check the added biases outside ``proven_blocks``."""
     proof = ByteProof()
@@ -99,13 +120,19 @@ def prove_bytes(folder: Path, recipe: dict, src: Path, proven_blocks: set[int], 
     shards = recipe["shards"]
     if set(shards) != set(baked.shard_meta):
         raise BakesteerError(f"{folder}'s shards are not the ones its bakesteer.json names; bake it again.")
+    for src_name in shards.values():
+        if src_name is not None and not (src / src_name).is_file():
+            raise BakesteerError(f"the source shard {src / src_name} recorded in the bake is gone; verify needs "
+                                 "the source as it was at bake time.")
+    source, headers = _split_headers(src, recipe)
     for out_name, src_name in sorted(shards.items(), key=lambda kv: str(kv[1])):
         if src_name is None:
             continue
-        if not (src / src_name).is_file():
-            raise BakesteerError(f"the source shard {src / src_name} recorded in the bake is gone; verify needs "
-                                 "the source as it was at bake time.")
-        s_sha, o_sha = _compare(src / src_name, folder / out_name, changed, baked, out_name, proof)
+        if src_name not in source.data_start:
+            raise BakesteerError(f"{folder}'s bakesteer.json names a source shard {src_name} that {src} does not "
+                                 "have; verify against the source it was baked from.")
+        s_sha, o_sha = _compare(src / src_name, folder / out_name, changed, baked, out_name,
+                                source.data_start[src_name], headers.get(src_name), proof)
         if src_name in recorded_src and recorded_src[src_name] != s_sha:
             raise BakesteerError(f"the source changed since the bake: {src / src_name} no longer hashes as it did "
                                  "then; bake again from the source as it is now.")

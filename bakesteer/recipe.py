@@ -10,6 +10,7 @@ passes the path policy, and a folder whose files no longer hash as recorded is r
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ RECIPE = RECIPE_FILE
 SIDE = "bakesteer"  # a subfolder, so no loader mistakes these files for weights
 HELDOUT = "heldout.txt"
 README_ORIG = "original_README.md"
+HEADERS = "original_headers.json"  # the source shard headers a splitting relabel rewrote
 VERIFIED = "verify.json"  # the figures of the last `bakesteer verify`, for the model card
 
 
@@ -44,6 +46,7 @@ class Record:
     index: bytes | None = None  # the original index, if the source was sharded
     heldout: list[str] | None = None  # an approximate bake's held-out passages, so verify can re-measure
     readme: bytes | None = None  # the source's README.md, which the written model card replaces
+    headers: dict[str, str] | None = None  # source shard -> its header's JSON, where the bake rewrote it (fused.py)
 
     @property
     def steers(self) -> list[Steer]:
@@ -64,6 +67,8 @@ class Record:
             (out / SIDE / HELDOUT).write_text("".join(line + "\n" for line in self.heldout))
         if self.readme is not None:
             (out / SIDE / README_ORIG).write_bytes(self.readme)
+        if self.headers:
+            (out / SIDE / HEADERS).write_text(json.dumps(self.headers, indent=1) + "\n")
         (out / RECIPE).write_text(json.dumps(self.recipe, indent=2) + "\n")
         (out / "README.md").write_text(render(self.recipe))
 
@@ -95,9 +100,14 @@ def load_record(folder: str | Path) -> Record:
               "an original bias is of a tensor the bake did not change")
         config = regular_file(side, "original_config.json", str(out / RECIPE)).read_bytes()
         index = optional("original_index.json")
-        held, readme = optional(HELDOUT), optional(README_ORIG)
+        held, readme, heads = optional(HELDOUT), optional(README_ORIG), optional(HEADERS)
+        headers = json.loads(heads.read_text()) if heads else None
+        _need(headers is None or (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
+                                  and set(headers) <= set(recipe["shards"].values())),
+              "its original headers are not of the source shards it names")
         return Record(recipe, vectors, originals, config, index.read_bytes() if index else None,
-                      held.read_text().splitlines() if held else None, readme.read_bytes() if readme else None)
+                      held.read_text().splitlines() if held else None, readme.read_bytes() if readme else None,
+                      headers)
     except BakesteerError as e:
         raise BakesteerError(f"{out}'s bake record is damaged: {str(e)[0].lower()}{str(e)[1:]}") from None
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, SafetensorError) as e:
@@ -140,7 +150,8 @@ def merge(prev: Record, new: Record) -> Record:
     recipe = {**n, "source": source, "written": written, "steers": p["steers"] + n["steers"],
               "tensors_changed": changed, "tensors_added": added, "shards": shards,
               "bakes": p.get("bakes", 1) + 1}
-    return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index, readme=prev.readme)
+    return Record(recipe, prev.vectors + new.vectors, originals, prev.config, prev.index, readme=prev.readme,
+                  headers=prev.headers)
 
 
 def _damaged(folder, what: str) -> BakesteerError:
@@ -188,8 +199,12 @@ def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool 
         for name, orig in shards.items():
             if orig is None:
                 continue  # the shard that holds only biases the bake added
-            if patches[name] or not link:
-                had, restored = stream_copy(baked.root / name, tmp / orig, patches[name], pbar)
+            header = rec.headers.get(orig) if rec.headers else None
+            if header is not None:  # the source's own header, in place of the split one
+                raw = header.encode()
+                header = (baked.data_start[name], struct.pack("<Q", len(raw)) + raw)
+            if patches[name] or header or not link:
+                had, restored = stream_copy(baked.root / name, tmp / orig, patches[name], pbar, header)
             else:
                 link_file(baked.root / name, tmp / orig)
                 had = restored = hash_file(tmp / orig, pbar)

@@ -41,6 +41,9 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "granite": _LLAMA_LIKE,  # the block output itself: residual_multiplier is inside the block
     "mistral": _LLAMA_LIKE,
     "mistral_window": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,  # pre-norm; the sites feed qkv_proj / gate_up_proj, fused
+    "phi3_window": _LLAMA_LIKE,
+    "phi3_longrope": _LLAMA_LIKE,
     "qwen2_window": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _ATTENTION_ONLY,

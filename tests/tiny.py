@@ -11,12 +11,16 @@ from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
                           GraniteConfig, LlamaConfig, LlavaConfig, Mistral3Config, MistralConfig, Olmo2Config,
-                          Olmo3Config, OlmoeConfig, OPTConfig, PhiConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config,
-                          Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
+                          Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2Config, Qwen2MoeConfig,
+                          Qwen3Config, Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
                num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=False)
+# long-rope as Phi-3-mini-128k: short factors up to original_max_position_embeddings, long ones past it (the
+# shared tests stay below it, as prompts below 4096 tokens do on the released models; test_phi3 goes past)
+PHI3_LONGROPE = dict(rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=128,
+                     short_factor=[1.0 + 0.1 * i for i in range(8)], long_factor=[2.0 + 0.3 * i for i in range(8)])
 CONFIGS = {
     "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256),
     "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
@@ -66,6 +70,12 @@ CONFIGS = {
                                      layer_types=["sliding_attention", "full_attention"] * 2),
     "starcoder2": lambda: Starcoder2Config(**_COMMON, bos_token_id=1, eos_token_id=2),
     "phi": lambda: PhiConfig(**_COMMON),
+    # Phi-3: fused q|k|v and gate|up, no biases (relabelled to Llama with the fused weights split); the window
+    # variant (all blocks sliding, as Phi-3-mini-4k) is relabelled to SmolLM3, the long-rope one to Llama
+    "phi3": lambda: Phi3Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "phi3_window": lambda: Phi3Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=8),
+    "phi3_longrope": lambda: Phi3Config(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                        original_max_position_embeddings=128, rope_parameters=PHI3_LONGROPE),
     "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
                              ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=HIDDEN,
                              tie_word_embeddings=False),
