@@ -79,6 +79,7 @@ class Relabel:
     windowed_config: Callable[[Mapping], dict] = lambda cfg: {}  # config keys written for that target
     # fused linears the target has as parts: cfg -> {fused module: ((part module, rows), ...)} (bakesteer.fused)
     split: Callable[[Mapping], Mapping[str, tuple[tuple[str, int], ...]]] | None = None
+    caveat: Callable[[Mapping], str | None] = lambda cfg: None  # where the relabel is exact per forward pass only
 
 
 @dataclass(frozen=True)

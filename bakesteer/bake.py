@@ -55,6 +55,7 @@ class Plan:
     updates: dict[str, np.ndarray]  # bias key -> new value (changed or added), in the checkpoint's dtype
     originals: dict[str, np.ndarray]  # bias key -> value before the bake (changed keys only)
     source: TensorSource  # the tensors the keys name: the checkpoint, or its view with fused linears split
+    caveat: str | None = None  # where the relabel is exact per forward pass only
 
 
 def check_items(items: list[Item], hidden: int, n_layers: int) -> None:
@@ -248,7 +249,8 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
     updates, originals = deltas.cast()
     _zeros_for_flags(ckpt, written, flags, n_layers, updates)
     config = _written_config(ckpt.config, source, written, relabelled, flags)
-    return Plan(written, source.name if relabelled else None, flags, config, updates, originals, ckpt)
+    caveat = source.relabel.caveat(cfg) if relabelled else None
+    return Plan(written, source.name if relabelled else None, flags, config, updates, originals, ckpt, caveat)
 
 
 def recipe_core(items: list[Item], p: Plan, tensors: Mapping[str, object]) -> dict:
@@ -378,6 +380,7 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
             "architectures": p.config.get("architectures"),
             "relabelled_from": p.relabelled_from,
             "flags_switched_on": p.flags,
+            **({"caveat": p.caveat} if p.caveat else {}),
         },
         "dtype": str(next(iter(p.updates.values())).dtype),
         **recipe_core(items, p, p.source.tensors),

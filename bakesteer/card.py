@@ -126,7 +126,8 @@ def render(recipe: dict, verification: dict | None = None, repo: str | None = No
               f"Written as `{(w.get('architectures') or ['?'])[0]}`"
               + (f" (relabelled from {w['relabelled_from']}, exactly equivalent)" if w["relabelled_from"] else "")
               + (f" with `{'`, `'.join(w['flags_switched_on'])}` switched on" if w["flags_switched_on"] else "")
-              + ".", "", "## Verification", "", *_figures(verification, exact)]
+              + ".", *(["", f"Warning: {w['caveat']}."] if w.get("caveat") else []), "", "## Verification", "",
+              *_figures(verification, exact)]
     family, groups = for_recipe(recipe)
     lines += ["## Runtimes", "", *table_lines(family, groups), ""]
     lines += [f"Warning: {x}." for x in warnings(family, groups)]

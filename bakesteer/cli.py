@@ -135,7 +135,8 @@ def _report_bake(recipe: dict, n_items: int, model_dir, out: Path) -> None:
     print(f"  tensors changed: {len(recipe['tensors_changed'])}, biases added: {len(recipe['tensors_added'])}"
           + (f", config flags on: {', '.join(w['flags_switched_on'])}" if w["flags_switched_on"] else ""))
     if w["relabelled_from"]:
-        print(f"  architecture changed: {w['relabelled_from']} -> {w['architectures'][0]} (exactly equivalent)")
+        print(f"  architecture changed: {w['relabelled_from']} -> {w['architectures'][0]} (exactly equivalent)"
+              + (f"\n  warning: {w['caveat']}." if w.get("caveat") else ""))
     if not recipe["exact"]:
         print("\n".join(approx_lines(recipe["approximation"])))
     sup = support(*for_recipe(recipe))

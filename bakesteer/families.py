@@ -160,6 +160,17 @@ def _phi3_split(cfg: Mapping) -> dict[str, tuple[tuple[str, int], ...]]:
             "mlp.gate_up_proj": (("mlp.gate_proj", inter), ("mlp.up_proj", inter))}
 
 
+def _longrope_cache(cfg: Mapping) -> str | None:
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, Mapping) or rope.get("rope_type", rope.get("type")) != "longrope":
+        return None
+    n = rope.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+    return (f"long-rope: every forward pass equals Phi-3's, but Phi-3's generate() drops its KV cache when a "
+            f"sequence grows past {n} tokens (its rope factors switch from short to long there) and Llama's does "
+            f"not, so cached generation that crosses {n} tokens drifts from the source's; sequences that start past "
+            "it, and forward passes without a cache, are unaffected")
+
+
 def _partial_rotary(cfg: Mapping) -> str | None:
     rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), Mapping) else {}
     factor = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
@@ -380,7 +391,8 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {"self_attn.qkv_proj": "qkv", _O: "o", "mlp.gate_up_proj": "mlp", "mlp.down_proj": "mlp"},
             relabel=Relabel("llama", drop=("sliding_window", "embd_pdrop", "resid_pdrop"),
                             blocker=_sliding_window_in_play, windowed="smollm3",
-                            windowed_config=lambda cfg: _as_smollm3_window(cfg, first=0), split=_phi3_split),
+                            windowed_config=lambda cfg: _as_smollm3_window(cfg, first=0), split=_phi3_split,
+                            caveat=_longrope_cache),
             defaults={"sliding_window": None, "max_position_embeddings": 4096}, unsupported=_partial_rotary,
         ),
         Arch(  # the experts' projections are 3-D parameters, stored one tensor per expert (bakesteer.stored)

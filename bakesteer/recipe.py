@@ -145,6 +145,8 @@ def merge(prev: Record, new: Record) -> Record:
     written = dict(n["written"])
     written["flags_switched_on"] = sorted(set(p["written"]["flags_switched_on"]) | set(written["flags_switched_on"]))
     written["relabelled_from"] = p["written"]["relabelled_from"] or written["relabelled_from"]
+    if "caveat" in p["written"]:
+        written.setdefault("caveat", p["written"]["caveat"])
     given = n["source"].get("base_model")  # --base-model on this bake names the original source's base model
     source = {**p["source"], "base_model": given} if given else p["source"]
     recipe = {**n, "source": source, "written": written, "steers": p["steers"] + n["steers"],
