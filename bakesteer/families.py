@@ -476,6 +476,11 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                    **_no_family("CTranslate2", "DeepSeek-V3", _NO_CT2_LOADER),
                    **_no_family("ONNX Runtime", "DeepSeek-V3", _NO_GENAI_BUILDER)},
         ),
+        *(Arch(  # Qwen2-VL / Qwen2.5-VL's text decoder, inside its wrapper only: Qwen2's block, multimodal RoPE
+            name, (name,), (cls,), "model.layers", "linear",
+            {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
+            runtimes=_UNMEASURED,  # no runtime other than transformers is run on a multimodal bake here
+        ) for name, cls in (("qwen2_5_vl_text", "Qwen2_5_VLTextModel"), ("qwen2_vl_text", "Qwen2VLTextModel"))),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,
@@ -534,4 +539,7 @@ WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
     "llava": Wrapper(("llava",), "llama", stored_as=_LLAVA_STORED),
     # Mistral 3's text decoder is a Mistral: relabelled to Llama inside text_config where that is exact
     "mistral3": Wrapper(("mistral3",), "mistral", stored_as=_LLAVA_STORED),
+    # Qwen2-VL and Qwen2.5-VL: its text decoder stored as model.layers.N, the vision tower as visual.
+    **{w: Wrapper((w,), f"{w}_text", stored_as=(("model.language_model.", "model."), ("model.visual.", "visual.")))
+       for w in ("qwen2_5_vl", "qwen2_vl")},
 })

@@ -24,13 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "scripts" / "results"
 REGION = re.compile(r"<!-- results:([\w-]+) -->(.*?)<!-- /results:\1 -->", re.S)
 GROUP_TITLE = {"qkv": "q/k/v biases", "o": "o bias", "mlp": "MLP biases"}
-FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also relabelled Mistral, Qwen2)",
+FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also relabelled Mistral, Qwen2, Phi-3)",
                 "granite": "Granite", "qwen2": "Qwen2 (`attn_in`, config unchanged)", "qwen3": "Qwen3",
                 "gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3", "olmo2": "OLMo2", "olmo3": "OLMo3",
-                "smollm3": "SmolLM3 (also relabelled Mistral with a sliding window)", "starcoder2": "StarCoder2",
+                "smollm3": "SmolLM3 (also relabelled Mistral, Phi-3 with a sliding window)", "starcoder2": "StarCoder2",
                 "phi": "Phi-2", "opt": "OPT", "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",
                 "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE (`attn_in`)", "gpt_oss": "GPT-OSS",
-                "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3"}
+                "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3",
+                "qwen2_5_vl_text": "Qwen2.5-VL's text decoder (`attn_in`)",
+                "qwen2_vl_text": "Qwen2-VL's text decoder (`attn_in`)"}
 VERBS = {"ignored": ("ignores", "ignore"), "refused": ("refuses", "refuse"), "unknown": ("not checked", "not checked")}
 
 

@@ -104,6 +104,8 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.language_model.layers.{L}.mlp", "output"),
         "resid": ("model.language_model.layers.{L}", "output"),
     } for name in ("llava", "mistral3", "mistral3_window")},
+    **{name: {"attn_in": ("model.language_model.layers.{L}.input_layernorm", "output")}  # o, MLP: no bias
+       for name in ("qwen2_5_vl", "qwen2_vl")},
 }
 
 

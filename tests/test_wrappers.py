@@ -1,10 +1,11 @@
-"""Multimodal wrappers (Gemma 3, LLaVA, Mistral 3): the text decoder inside is baked in place.
+"""Multimodal wrappers (Gemma 3, LLaVA, Mistral 3, Qwen2-VL, Qwen2.5-VL): the text decoder inside is baked in
+place.
 
-save_pretrained writes these checkpoints under their older names (``language_model.model.layers.N``); a bias added
-under another prefix loads nowhere. Each bake here is read back by plain from_pretrained of the wrapper class with
-no missing or unexpected key, equals steering by a hook written by hand at transformers' module path
-(``model.language_model.layers.{L}``), leaves the vision tower and projector byte for byte, and puts its flags in
-``text_config``.
+save_pretrained writes these checkpoints under their older names (``language_model.model.layers.N``; Qwen's
+``model.layers.N``); a bias added under another prefix loads nowhere. Each bake here is read back by plain
+from_pretrained of the wrapper class with no missing or unexpected key, equals steering by a hook written by hand
+at transformers' module path (``model.language_model.layers.{L}``), leaves the vision tower and projector byte for
+byte, and puts its flags in ``text_config``.
 """
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ def test_the_bake_loads_cleanly_and_equals_the_hand_written_hook(sources, tmp_pa
     before, after = _tensors(root / name), _tensors(tmp_path / "baked")
     assert all(before[k].tobytes() == after[k].tobytes() for k in before if not k.endswith(".bias")), \
         "a weight changed"
-    added = set(after) - set(before)
-    assert all(k.startswith("language_model.model.layers.") for k in added), sorted(added)[:3]  # the saved prefix
+    touched = {k for k in after if k not in before or before[k].tobytes() != after[k].tobytes()}
+    stored = "model.layers." if name.startswith("qwen2") else "language_model.model.layers."  # save_pretrained's
+    assert touched and all(k.startswith(stored) for k in touched), sorted(touched)[:3]
     written = json.loads((tmp_path / "baked" / "config.json").read_text())
     source = json.loads((root / name / "config.json").read_text())
     assert written["model_type"] == source["model_type"] and written["architectures"] == source["architectures"]
@@ -99,16 +101,17 @@ def test_mistral3_is_relabelled_inside_its_text_config_to_llama_or_with_a_window
     assert text["model_type"] == "smollm3" and text["sliding_window"] == 8 and text["attention_bias"] is True
 
 
-def test_the_cli_bakes_verifies_and_unbakes_a_wrapper(sources, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["gemma3_mm", "qwen2_5_vl"])
+def test_the_cli_bakes_verifies_and_unbakes_a_wrapper(sources, tmp_path, capsys, name):
     root, _ = sources
     np.save(tmp_path / "v.npy", _vectors()[1].numpy())
     out = tmp_path / "baked"
-    assert main(["bake", "--model", str(root / "gemma3_mm"), "--vector", str(tmp_path / "v.npy"), "--layer", "1",
+    assert main(["bake", "--model", str(root / name), "--vector", str(tmp_path / "v.npy"), "--layer", "1",
                  "--site", "attn_in", "--coef", "4", "-o", str(out)]) == 0
     assert main(["verify", str(out), "--random-prompts"]) == 0, capsys.readouterr()
     assert "PASS" in capsys.readouterr().out
     assert main(["unbake", str(out), "-o", str(tmp_path / "back")]) == 0
-    back, source = _tensors(tmp_path / "back"), _tensors(root / "gemma3_mm")
+    back, source = _tensors(tmp_path / "back"), _tensors(root / name)
     assert set(back) == set(source) and all(back[k].tobytes() == source[k].tobytes() for k in source)
 
 
@@ -122,11 +125,11 @@ def test_a_site_without_a_slot_inside_a_wrapper_is_refused_naming_the_ones_that_
 def test_a_wrapper_whose_text_decoder_is_not_in_the_table_is_refused_in_one_sentence():
     from bakesteer.arch import find_arch
 
-    with pytest.raises(BakesteerError, match=r"text decoder \(model_type 'qwen2_5_vl_text'\) is not in "):
-        find_arch({"model_type": "llava", "text_config": {"model_type": "qwen2_5_vl_text"}})
+    with pytest.raises(BakesteerError, match=r"text decoder \(model_type 'internlm2'\) is not in "):
+        find_arch({"model_type": "llava", "text_config": {"model_type": "internlm2"}})
 
 
-@pytest.mark.parametrize("name", ["gemma3_mm", "llava"])
+@pytest.mark.parametrize("name", ["gemma3_mm", "llava", "qwen2_5_vl"])
 def test_the_in_memory_bake_equals_the_streamed_one(sources, tmp_path, name):
     from bakesteer.inmemory import bake_model
 

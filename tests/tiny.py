@@ -11,8 +11,8 @@ from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
                           GraniteConfig, LlamaConfig, LlavaConfig, Mistral3Config, MistralConfig, Olmo2Config,
-                          Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2Config, Qwen2MoeConfig,
-                          Qwen3Config, Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
+                          Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2_5_VLConfig, Qwen2Config,
+                          Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -102,6 +102,16 @@ WRAPPED = {
     "mistral3": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="mistral", sliding_window=None),
                                        vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
     # with a sliding window in play: relabelled to SmolLM3 inside text_config
+    # Qwen2.5-VL, Qwen2-VL: a Qwen2 decoder (q/k/v biases) with multimodal RoPE, stored under the older key names
+    "qwen2_5_vl": lambda: Qwen2_5_VLConfig(
+        text_config=dict(_TEXT, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                 "rope_theta": 10000.0}, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=HIDDEN,
+                           patch_size=14, window_size=28, fullatt_block_indexes=[0])),
+    "qwen2_vl": lambda: Qwen2VLConfig(
+        text_config=dict(_TEXT, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                 "rope_theta": 10000.0}, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(depth=1, embed_dim=16, hidden_size=HIDDEN, num_heads=2, mlp_ratio=2, patch_size=14)),
     "mistral3_window": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="mistral", sliding_window=8),
                                               vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
 }
