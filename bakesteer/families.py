@@ -165,10 +165,11 @@ def _longrope_cache(cfg: Mapping) -> str | None:
     if not isinstance(rope, Mapping) or rope.get("rope_type", rope.get("type")) != "longrope":
         return None
     n = rope.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
-    return (f"long-rope: every forward pass equals Phi-3's, but Phi-3's generate() drops its KV cache when a "
-            f"sequence grows past {n} tokens (its rope factors switch from short to long there) and Llama's does "
-            f"not, so cached generation that crosses {n} tokens drifts from the source's; sequences that start past "
-            "it, and forward passes without a cache, are unaffected")
+    return (f"long-rope: every forward pass in transformers equals Phi-3's, but Phi-3's generate() drops its KV "
+            f"cache when a sequence grows past {n} tokens (its rope factors switch from short to long there) and "
+            f"Llama's does not, so cached generation across {n} tokens drifts; and runtimes read a Llama's long-rope "
+            "otherwise (measured on tiny models): llama.cpp and ONNX Runtime apply plain RoPE, MLX-LM the long "
+            "factors at every length, CTranslate2 refuses it")
 
 
 def _partial_rotary(cfg: Mapping) -> str | None:
@@ -452,7 +453,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
              "resid": Site("", None, "direct", why_not="post_mlp_layernorm sits between the MLP and the residual add, "
                            "and down_proj has no bias")},
             {**{m: "qkv" for m in _QKV}, _O: "o", "mlp.gate_up_proj": "mlp", "mlp.down_proj": "mlp"},
-            defaults={"attention_bias": True},
+            defaults={"attention_bias": True}, gguf=_qkv_gguf("glm4"),
             runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, U, U), mlxlm=_g(Y, U, U), ctranslate2=_g(R, U, U),
                                                 onnxruntime=_g(R, U, U))},
             measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",), onnxruntime=("qkv",)),

@@ -133,3 +133,29 @@ def hf_logits(folder: Path, prompts: list[list[int]]) -> list:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         return [model(torch.tensor([ids])).logits[0].double().numpy() for ids in prompts]
+
+
+def with_rope(folder: Path, dst: Path, **rope) -> Path:
+    """A copy of the checkpoint in ``folder`` whose RoPE settings are ``rope`` (both config forms): run by
+    transformers, it computes what a runtime that reads the original settings as ``rope`` computes."""
+    import json
+    import shutil
+
+    from bakesteer.configs import for_every_reader
+
+    shutil.copytree(folder, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.pop("rope_scaling", None)
+    (dst / "config.json").write_text(json.dumps(for_every_reader({**cfg, "rope_parameters": rope})))
+    return dst
+
+
+def long_rope_as_read(folder: Path, dst: Path, how: str) -> Path:
+    """``with_rope`` for the two ways runtimes were measured to read a Llama's long-rope: "plain" (no scaling at
+    all) or "long" (the long factors at every length, never the short ones)."""
+    import json
+
+    rope = json.loads((folder / "config.json").read_text())["rope_parameters"]
+    if how == "plain":
+        return with_rope(folder, dst, rope_type="default", rope_theta=rope["rope_theta"])
+    return with_rope(folder, dst, **{**rope, "short_factor": rope["long_factor"]})

@@ -24,7 +24,7 @@ from bakesteer.models import smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp test extra is not installed (scripts/setup.sh)")
 from llamacpp_tools import convert, cvec_logits, greedy, load, logits, rewrite, without  # noqa: E402
-from helpers import love_steer, the_table_says  # noqa: E402
+from helpers import hf_logits, long_rope_as_read, love_steer, the_table_says  # noqa: E402
 from tiny import HIDDEN, make_model  # noqa: E402
 
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
@@ -293,7 +293,7 @@ def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, fa
     assert np.abs(got - plain_cpp).max() >= 100 * tol
 
 
-@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in [*QKV_ONLY, *CONVERTER_REFUSES_BIASES, "qwen2_moe"]),
+@pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in [*QKV_ONLY, *CONVERTER_REFUSES_BIASES, *NATIVE_QKV]),
                                          *((f, s) for f in ("gpt_neox", "starcoder2", "phi")
                                            for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
 def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path, converted, family, site):
@@ -347,3 +347,31 @@ def test_llamacpp_converter_refuses_the_family(tmp_path, converted, family):
     with pytest.raises(subprocess.CalledProcessError) as refusal:
         converted(family)
     assert b"ForCausalLM is not supported" in refusal.value.stderr
+
+
+
+@pytest.mark.parametrize("family", ["phi3", "phi3_longrope"])
+def test_phi3_baked_as_llama_in_llamacpp(tmp_path, smollm2, family):
+    """Phi-3 baked (as Llama, its fused weights split) and converted by llama.cpp's converter, which cannot take
+    the tiny Phi-3 source itself (its Phi-3 class wants a sentencepiece tokenizer.model). With default RoPE
+    llama.cpp gives transformers' logits of the bake. With long-rope it reads the Llama's rope_scaling as plain
+    RoPE, as the bake's warning says: its logits are transformers' on the same weights with RoPE unscaled."""
+    import shutil
+
+    src = tmp_path / "src"
+    model = make_model(family, vocab_size=49152, bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, src / name)
+    recipe = bake(src, [Item(s, {}) for s in _steers("resid")], tmp_path / "hf", progress=False)
+    assert ("llama.cpp" in recipe["written"].get("caveat", "")) == (family == "phi3_longrope")
+    convert(tmp_path / "hf", tmp_path / "hf.gguf")
+    got = logits(load(tmp_path / "hf.gguf"), IDS)
+    want = hf_logits(tmp_path / "hf", [IDS])[0]
+    if family == "phi3":
+        assert np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
+        assert np.abs(want - _hf_plain_and_hooked(model, IDS, [])[0]).max() >= 100 * 1e-4
+    else:
+        unscaled = hf_logits(long_rope_as_read(tmp_path / "hf", tmp_path / "plain", "plain"), [IDS])[0]
+        assert np.abs(got - unscaled).max() <= 1e-4, np.abs(got - unscaled).max()
+        assert np.abs(got - want).max() >= 0.1, np.abs(got - want).max()

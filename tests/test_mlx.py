@@ -34,8 +34,8 @@ from bakesteer.configs import for_every_reader
 from bakesteer.hooks import Steer
 from helpers import hf_logits as _hf
 from helpers import max_diff as _max
-from helpers import runtime_runs_the_smollm2_bake, the_table_says
-from tiny import CONFIGS, HIDDEN, make_model
+from helpers import long_rope_as_read, runtime_runs_the_smollm2_bake, the_table_says
+from tiny import CONFIGS, HIDDEN, INSIDE_WRAPPERS, make_model
 
 mx = pytest.importorskip("mlx.core", reason="MLX-LM runs on the CPU with `pip install 'mlx[cpu]' mlx-lm`")
 mlx_utils = pytest.importorskip("mlx_lm.utils")
@@ -47,7 +47,7 @@ GEMMA_TOL = 5e-3  # MLX-LM's Gemma MLP uses exact GELU, transformers' the tanh f
 THETA = 500000.0  # not MLX-LM's fallback of 10000, so a lost rope_theta shows
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 # every bias group a bake writes runs in MLX-LM (Mistral bakes, and Qwen2 bakes outside q/k/v, are written as Llama)
-KEPT = ["llama", "granite", "mistral", "qwen2", "olmo2", "gpt_neox", "phi", "smollm3", "starcoder2", "gptj", "cohere",
+KEPT = ["llama", "granite", "mistral", "phi3", "qwen2", "olmo2", "gpt_neox", "phi", "smollm3", "starcoder2", "gptj", "cohere",
         "cohere2", "olmo3", "qwen2_moe", "olmoe", "glm4", "deepseek_v3"]
 REFUSED = ["qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe"]  # strict load: the q/k/v/o biases are "not in model"
 _GPT2_KEYS = (ValueError, r"parameters not in model: \nmodel\.transformer\.h\.0\.")
@@ -136,8 +136,9 @@ def _tiny_bake(src: Path, site: str, out: Path) -> Path:
 def test_every_table_family_has_a_verdict_and_the_table_agrees():
     """A family added to bakesteer's table must be run here, or its refusal shown; MLX-LM has a model for all."""
     lists = [set(KEPT), set(REFUSED), set(FAMILY_REFUSED), set(NO_MODEL), set(PACKED_ONLY)]
-    assert set().union(*lists) == set(ARCHS) and sum(map(len, lists)) == len(ARCHS)
-    for name, arch in ARCHS.items():
+    families = set(ARCHS) - set(INSIDE_WRAPPERS)
+    assert set().union(*lists) == families and sum(map(len, lists)) == len(families)
+    for name, arch in ((n, ARCHS[n]) for n in sorted(families)):
         for model_type in arch.model_types:
             with pytest.raises(ValueError, match="not supported") if name in NO_MODEL else contextlib.nullcontext():
                 mlx_utils._get_classes({"model_type": model_type})
@@ -264,3 +265,13 @@ def test_older_key_names_are_written_for_older_readers(tmp_path, name, error):
             mlx_utils.load_model(src)
     else:
         assert _max(_mlx(src, [IDS]), _hf(src, [IDS])) <= TOL
+
+
+def test_mlx_reads_a_long_rope_llama_with_the_long_factors_at_every_length(tmp_path):
+    """A long-rope Phi-3 baked as Llama: MLX-LM's Llama applies the long factors below
+    original_max_position_embeddings too (its SuScaledRoPE never reads short_factor), as the bake's warning says."""
+    src = _save("phi3_longrope", tmp_path / "src")
+    out = _tiny_bake(src, "resid", tmp_path / "baked")
+    got = _mlx(out, [IDS])
+    assert _max(got, _hf(long_rope_as_read(out, tmp_path / "long", "long"), [IDS])) <= TOL
+    assert _max(got, _hf(out, [IDS])) >= 0.1

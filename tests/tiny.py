@@ -88,6 +88,8 @@ CONFIGS = {
 }
 
 
+# table families that exist only inside a multimodal wrapper (WRAPPED): no runtime but transformers is run on them
+INSIDE_WRAPPERS = ("qwen2_5_vl_text", "qwen2_vl_text")
 _TEXT = {k: v for k, v in _COMMON.items() if k != "tie_word_embeddings"}
 _VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                patch_size=14)
