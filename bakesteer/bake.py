@@ -395,7 +395,8 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
         record = Record(recipe, [as_f64(it.steer.vector) for it in items], p.originals,
                         (src / "config.json").read_bytes(), index.read_bytes() if index.is_file() else None, heldout,
                         (src / "README.md").read_bytes() if (src / "README.md").is_file() else None,
-                        {s: fused.source_header(ckpt, s)[8:].decode() for s in p.source.headers} or None)
+                        {s: fused.source_header(ckpt, s)[8:].decode(errors="surrogateescape") for s in p.source.headers}
+                        or None)
         if prev is not None:
             record = merge(prev, record)
         record.write(tmp)

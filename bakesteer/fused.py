@@ -32,7 +32,8 @@ def split_keys(ckpt: TensorSource, arch: Arch, parts: Parts, n_layers: int) -> K
                     if i == 1:  # a fused linear without a stored bias
                         continue
                     raise
-                stem, suffix = key[:-len(name) + len(f"{arch.layers}.{layer}.")], name.rsplit(".", 1)[1]
+                tail = name[len(f"{arch.layers}.{layer}."):]  # "<fused module>.weight": replaced by each part
+                stem, suffix = key[:-len(tail)], tail.rsplit(".", 1)[1]
                 rows, lo = [], 0
                 for part, n in pieces:
                     rows.append((f"{stem}{part}.{suffix}", lo, lo + n))

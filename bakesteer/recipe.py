@@ -203,7 +203,7 @@ def unbake(folder: str | Path, out: str | Path, force: bool = False, link: bool 
                 continue  # the shard that holds only biases the bake added
             header = rec.headers.get(orig) if rec.headers else None
             if header is not None:  # the source's own header, in place of the split one
-                raw = header.encode()
+                raw = header.encode(errors="surrogateescape")  # the stored bytes, even if not UTF-8
                 header = (baked.data_start[name], struct.pack("<Q", len(raw)) + raw)
             if patches[name] or header or not link:
                 had, restored = stream_copy(baked.root / name, tmp / orig, patches[name], pbar, header)
