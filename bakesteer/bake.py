@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__, experts, fused
 from .arch import Arch, Site, approx_slots, find_arch, flag_on, fold_target, is_exact
 from .checkpoint import INDEX, Checkpoint, TensorSource, write_checkpoint
-from .configs import for_every_reader
+from .configs import for_every_reader, pinned
 from .errors import BakesteerError
 from .fold import apply_delta, check_cast, direct_delta, through_delta
 from .progress import bar
@@ -203,6 +203,7 @@ def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, fl
     text = config
     if source.text_key:
         text = config[source.text_key] = dict(config.get(source.text_key) or {})
+    given = dict(text)
     if relabelled and arch.name == source.relabel.windowed:
         text.update(source.relabel.windowed_config(source.config(text)))
     elif relabelled:
@@ -210,6 +211,7 @@ def _written_config(config: dict, source: Arch, arch: Arch, relabelled: bool, fl
             text.pop(key, None)
     if relabelled:
         text["model_type"] = arch.model_types[0]
+        text.update(pinned(given, source.model_types[0], text, arch.model_types[0], source.relabel.drop))
         if not source.text_key:
             text["architectures"] = [arch.architectures[0]]
     for flag in flags:

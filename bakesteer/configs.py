@@ -49,3 +49,26 @@ def for_every_reader(config: dict) -> dict:
     if isinstance(config.get("text_config"), dict):  # multimodal wrappers keep the decoder's config inside
         out["text_config"] = for_every_reader(config["text_config"])
     return out
+
+
+# keys that say where a config came from, not what its model computes
+_PROVENANCE = ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path")
+
+
+def pinned(source: dict, source_type: str, target: dict, target_type: str, skip: tuple[str, ...] = ()) -> dict:
+    """What the source family reads for keys its config leaves to the family's defaults, where the target family
+    would read something else from ``target``: a relabel writes these, so a config that omits a key (Phi-3's
+    rms_norm_eps of 1e-5, say, where Llama's default is 1e-6) still describes the same model."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the defaults of either family may warn about each other's values
+    try:
+        read = AutoConfig.for_model(source_type, **{k: v for k, v in source.items() if k not in _PROVENANCE})
+        other = AutoConfig.for_model(target_type, **{k: v for k, v in target.items() if k not in _PROVENANCE})
+    finally:
+        hf_logging.set_verbosity(level)
+    theirs = other.to_dict()
+    return {k: v for k, v in read.to_dict().items()
+            if k not in source and k not in target and k not in _PROVENANCE and k not in skip and theirs.get(k) != v}

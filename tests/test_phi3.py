@@ -144,3 +144,24 @@ def test_partial_rotary_is_refused_in_one_sentence(tmp_path, capsys):
     vec = _svec(tmp_path / "v.svec", _steers("resid", (1,))[0])
     refused(capsys, ["bake", "--model", str(tmp_path / "src"), "--vector", vec, "--layer", "1", "-o",
                      str(tmp_path / "out")], "partial_rotary_factor 0.75", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["phi3", "phi3_window"])
+def test_a_config_that_leaves_values_to_phi3s_defaults_is_relabelled_to_the_same_model(tmp_path, name):
+    """config.json files written by hand omit what Phi-3's class defaults give (rms_norm_eps 1e-5, RoPE base
+    10000); Llama's and SmolLM3's defaults differ (1e-6; SmolLM3's base is 2e6), so the relabel writes them."""
+    model = make_model(name)
+    model.save_pretrained(tmp_path / "src")
+    path = tmp_path / "src" / "config.json"
+    short = {k: v for k, v in json.loads(path.read_text()).items()
+             if k not in ("rms_norm_eps", "rope_parameters", "rope_theta", "hidden_act", "attention_dropout")}
+    path.write_text(json.dumps(short))
+    steers = _steers("resid")
+    bake(tmp_path / "src", [Item(s, {}) for s in steers], tmp_path / "out", progress=False)
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["rms_norm_eps"] == 1e-5 and written["rope_parameters"]["rope_theta"] == 10000.0
+    baked = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    source = AutoModelForCausalLM.from_pretrained(tmp_path / "src", attn_implementation="eager").eval()
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
+    diff, effect, _, _ = hooked_vs_baked(source, baked, steers, ids)
+    assert diff <= TOL and effect >= 100 * TOL, (diff, effect)
