@@ -106,6 +106,16 @@ class Wrapper:
     default_text: str  # model_type of the text config when it does not say
     prefix: str = "model.language_model"  # module path of the text decoder (its blocks, norm, embeddings)
     stored_as: tuple[tuple[str, str], ...] = ()  # (module prefix, the prefix save_pretrained writes)
+    # runtime support of a bake that writes the text decoder as ``measured_text`` (model_type), as Arch's fields;
+    # a bake whose text decoder is another family has no rows (only transformers is known to read it)
+    measured_text: str = ""
+    runtimes: Mapping[str, Mapping[Group, Support]] = field(default_factory=dict)
+    measured: Mapping[str, tuple[Group, ...]] = field(default_factory=dict)
+    notes: Mapping[tuple[str, Group], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("runtimes", "measured", "notes"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
 
 
 @dataclass(frozen=True)

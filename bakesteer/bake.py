@@ -383,6 +383,7 @@ def _bake(ckpt: Checkpoint, src: Path, items: list[Item], staging: Staging, prog
             "relabelled_from": p.relabelled_from,
             "flags_switched_on": p.flags,
             **({"caveat": p.caveat} if p.caveat else {}),
+            **({"text_model_type": p.config[p.arch.text_key].get("model_type")} if p.arch.text_key else {}),
         },
         "dtype": str(next(iter(p.updates.values())).dtype),
         **recipe_core(items, p, p.source.tensors),

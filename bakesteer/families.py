@@ -533,14 +533,39 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
 
 # save_pretrained writes LLaVA-style wrappers under their transformers 4 names (transformers' conversion mapping
 # renames them back at load): module prefix -> stored prefix
+_QWEN_VL_STORED = (("model.language_model.", "model."), ("model.visual.", "visual."))
 _LLAVA_STORED = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
                  ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
+_NOT_CT2 = "its converter has no conversion for the wrapper's config"
+_NOT_ORT = "onnxruntime-genai 0.18.0's builder has no model for the wrapper"
 WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
-    "gemma3": Wrapper(("gemma3",), "gemma3_text", stored_as=_LLAVA_STORED),
-    "llava": Wrapper(("llava",), "llama", stored_as=_LLAVA_STORED),
+    "gemma3": Wrapper(
+        ("gemma3",), "gemma3_text", stored_as=_LLAVA_STORED, measured_text="gemma3_text",
+        runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, U), mlxlm=_g(R, R, U), ctranslate2=_g(Y, Y, U),
+                                            onnxruntime=_g(R, R, R))},
+        measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+        notes={**_llamacpp_no_o_bias("gemma3"),
+               **_no_family("ONNX Runtime", "Gemma 3", "its builder reads rope_parameters['rope_type'], which "
+                                                       "transformers 5 nests per layer type")}),
+    "llava": Wrapper(("llava",), "llama", stored_as=_LLAVA_STORED, measured_text="llama",
+                     runtimes={**_UNMEASURED, **_rt_only(llamacpp=_ALL, mlxlm=_ALL, ctranslate2=_g(R, R, R),
+                                                         onnxruntime=_g(R, R, R))},
+                     measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+                     notes={**_no_family("CTranslate2", "LLaVA", _NOT_CT2),
+                            **_no_family("ONNX Runtime", "LLaVA", _NOT_ORT)}),
     # Mistral 3's text decoder is a Mistral: relabelled to Llama inside text_config where that is exact
-    "mistral3": Wrapper(("mistral3",), "mistral", stored_as=_LLAVA_STORED),
+    "mistral3": Wrapper(("mistral3",), "mistral", stored_as=_LLAVA_STORED, measured_text="llama",
+                        runtimes={**_UNMEASURED, **_rt_only(llamacpp=_ALL, mlxlm=_ALL, ctranslate2=_g(R, R, R),
+                                                            onnxruntime=_ALL)},
+                        measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+                        notes=_no_family("CTranslate2", "Mistral 3", _NOT_CT2)),
     # Qwen2-VL and Qwen2.5-VL: its text decoder stored as model.layers.N, the vision tower as visual.
-    **{w: Wrapper((w,), f"{w}_text", stored_as=(("model.language_model.", "model."), ("model.visual.", "visual.")))
-       for w in ("qwen2_5_vl", "qwen2_vl")},
+    "qwen2_5_vl": Wrapper(("qwen2_5_vl",), "qwen2_5_vl_text", stored_as=_QWEN_VL_STORED,
+                          measured_text="qwen2_5_vl_text",
+                          runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, U, U), mlxlm=_g(Y, U, U),
+                                                              ctranslate2=_g(R, U, U), onnxruntime=_g(Y, U, U))},
+                          measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",),
+                                        onnxruntime=("qkv",)),
+                          notes=_no_family("CTranslate2", "Mistral 3", _NOT_CT2)),
+    "qwen2_vl": Wrapper(("qwen2_vl",), "qwen2_vl_text", stored_as=_QWEN_VL_STORED),
 })

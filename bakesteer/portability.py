@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .arch import ARCHS, GROUPS, RUNTIMES, Group, Support, family_of
+from .arch import ARCHS, GROUPS, RUNTIMES, WRAPPERS, Group, Support, family_of
 
-__all__ = ["GROUPS", "RUNTIMES", "for_recipe", "groups_written", "support", "table_lines", "warnings"]
+__all__ = ["GROUPS", "MULTIMODAL", "RUNTIMES", "entry", "for_recipe", "groups_written", "support", "table_lines",
+           "warnings"]
 _RANK = {"refused": 0, "ignored": 1, "unknown": 2, "yes": 3}
 
 
@@ -23,9 +24,21 @@ def groups_written(family: str, keys: Iterable[str]) -> list[Group]:
     return [g for g in GROUPS if g in found]
 
 
+MULTIMODAL = "multimodal "  # before a wrapper's name where a family name is expected: "multimodal gemma3"
+
+
+def entry(family: str):
+    """The table entry with runtime rows for ``family``: a family, or a wrapper named ``MULTIMODAL + name``."""
+    if family.startswith(MULTIMODAL):
+        return WRAPPERS.get(family.removeprefix(MULTIMODAL))
+    return ARCHS.get(family)
+
+
 def _row(family: str, runtime: str) -> dict:
-    arch = ARCHS.get(family)
-    return dict(arch.runtimes.get(runtime, {})) if arch else {}
+    found = entry(family)
+    if found is None or not found.runtimes:  # nothing measured or read: transformers alone is known to read it
+        return {g: "yes" for g in GROUPS} if runtime == "transformers" else {}
+    return dict(found.runtimes.get(runtime, {}))
 
 
 def support(family: str, groups: list[str]) -> dict[str, Support]:
@@ -36,7 +49,7 @@ def support(family: str, groups: list[str]) -> dict[str, Support]:
 
 def warnings(family: str, groups: list[str]) -> list[str]:
     """One sentence per runtime that would silently drop or refuse what was written."""
-    notes = ARCHS[family].notes if family in ARCHS else {}
+    notes = entry(family).notes if entry(family) is not None else {}
     out = []
     for rt in RUNTIMES:
         row = _row(family, rt)
@@ -51,11 +64,19 @@ def warnings(family: str, groups: list[str]) -> list[str]:
 
 
 def for_recipe(recipe: dict) -> tuple[str, list[Group]]:
-    """(written family, bias groups written) of a bake."""
-    family = family_of(recipe["written"].get("model_type"))
+    """(written family, bias groups written) of a bake; for a multimodal wrapper, the wrapper's entry where its
+    text decoder is written as the family its rows were measured with ("" where it is not)."""
+    written, keys = recipe["written"], recipe["tensors_changed"] + recipe["tensors_added"]
+    wrapper = next((name for name, w in WRAPPERS.items() if written.get("model_type") in w.model_types), None)
+    if wrapper is not None:
+        w = WRAPPERS[wrapper]
+        text = written.get("text_model_type") or w.default_text
+        groups = groups_written(family_of(text) or family_of(w.default_text), keys)
+        return (MULTIMODAL + wrapper if text == w.measured_text else ""), groups
+    family = family_of(written.get("model_type"))
     if family is None:
         return "", []
-    return family, groups_written(family, recipe["tensors_changed"] + recipe["tensors_added"])
+    return family, groups_written(family, keys)
 
 
 def table_lines(family: str, groups: list[str]) -> list[str]:

@@ -155,7 +155,8 @@ RECIPE = {
     "source": {"path": str, "hub_id": Opt((str, Null)), "default_model": Opt((str, Null)),
                "base_model": Opt(hub_model_id), "weights": Opt(str), "sha256": Opt(_hashes)},
     "written": {"model_type": Opt((str, Null)), "architectures": Opt(_names),
-                "relabelled_from": (str, Null), "flags_switched_on": [str], "caveat": Opt(str)},
+                "relabelled_from": (str, Null), "flags_switched_on": [str], "caveat": Opt(str),
+                "text_model_type": Opt((str, Null))},
 }
 _STRENGTH = {"kl": number, "ppl_source": number, "ppl_steered": number, "ppl_ratio": number, "verdict": str}
 VERIFIED_EXACT = {"kind": str, "passed": bool, "dtype": str, "max_abs_diff": number, "tolerance": number,

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from bakesteer.arch import ARCHS, GROUPS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES
+from bakesteer.arch import ARCHS, GROUPS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES, WRAPPERS, family_of
+from bakesteer.portability import MULTIMODAL, entry
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "scripts" / "results"
@@ -31,8 +32,12 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also r
                 "phi": "Phi-2", "opt": "OPT", "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",
                 "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE (`attn_in`)", "gpt_oss": "GPT-OSS",
                 "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3",
-                "qwen2_5_vl_text": "Qwen2.5-VL's text decoder (`attn_in`)",
-                "qwen2_vl_text": "Qwen2-VL's text decoder (`attn_in`)"}
+                **{MULTIMODAL + w: title for w, title in (
+                    ("gemma3", "Gemma 3 multimodal (`gemma3`, its Gemma 3 decoder)"),
+                    ("llava", "LLaVA (`llava`, a Llama decoder)"),
+                    ("mistral3", "Mistral 3 (`mistral3`, its decoder relabelled to Llama)"),
+                    ("qwen2_5_vl", "Qwen2.5-VL (`qwen2_5_vl`, `attn_in`)"))}}
+_INSIDE_WRAPPERS = ("qwen2_5_vl_text", "qwen2_vl_text")  # families only ever written inside a wrapper (rows above)
 VERBS = {"ignored": ("ignores", "ignore"), "refused": ("refuses", "refuse"), "unknown": ("not checked", "not checked")}
 
 
@@ -205,19 +210,20 @@ def inference_runtimes() -> str:
 
 
 def _has_group(family: str, group: str) -> bool:
-    arch = ARCHS[family]
+    """Whether the family (a wrapper: the text family its rows were measured with) has a bias slot in the group."""
+    arch = ARCHS[family_of(entry(family).measured_text)] if family.startswith(MULTIMODAL) else ARCHS[family]
     return any(arch.groups[m] == group and slot != NEVER for m, slot in arch.linears.items())
 
 
 def _name(family: str, group: str, rt: str) -> str:
     """The runtime's name, in bold where its cell was measured (a test ran bakes in it)."""
-    return f"**{rt}**" if group in ARCHS[family].measured.get(rt, ()) else rt
+    return f"**{rt}**" if group in entry(family).measured.get(rt, ()) else rt
 
 
 def _cell(family: str, group: str) -> str:
     if not _has_group(family, group):
         return "–"
-    rows = ARCHS[family].runtimes
+    rows = entry(family).runtimes
     by = {v: [_name(family, group, rt) for rt in RUNTIMES if rows[rt][group] == v]
           for v in ("yes", "ignored", "refused", "unknown")}
     parts = [", ".join(by["yes"]) or "none"]
@@ -226,7 +232,8 @@ def _cell(family: str, group: str) -> str:
 
 
 def portability() -> str:
-    families = [name for name, a in ARCHS.items() if a.runtimes]
+    families = [name for name, a in ARCHS.items() if a.runtimes and name not in _INSIDE_WRAPPERS]
+    families += [MULTIMODAL + name for name, w in WRAPPERS.items() if w.runtimes]
     lines = ["| written as | " + " | ".join(GROUP_TITLE[g] for g in GROUPS) + " |", "|---" * (1 + len(GROUPS)) + "|"]
     lines += [f"| {FAMILY_TITLE.get(f, f)} | " + " | ".join(_cell(f, g) for g in GROUPS) + " |" for f in families]
     return "\n" + "\n".join(lines) + "\n"
@@ -238,6 +245,9 @@ def runtime_evidence() -> str:
     for rt in RUNTIMES:
         ran = [FAMILY_TITLE.get(f, f).split(" (")[0] for f, a in ARCHS.items() if a.measured.get(rt)]
         where = f"`{RUNTIME_TESTS[rt]}`: {', '.join(ran)}" if rt in RUNTIME_TESTS else "not run here"
+        wrapped = [FAMILY_TITLE[MULTIMODAL + n].split(" (")[0] for n, w in WRAPPERS.items() if w.measured.get(rt)]
+        if wrapped and rt != "transformers":
+            where += f"; `tests/test_wrapper_runtimes.py`: {', '.join(wrapped)}"
         lines.append(f"| {rt} | {where} | {READ_FROM[rt]} |")
     return "\n" + "\n".join(lines) + "\n"
 

@@ -145,3 +145,22 @@ def test_the_in_memory_bake_equals_the_streamed_one(sources, tmp_path, name):
     before = make_wrapped(name).state_dict()
     changed = [k for k in mem if k not in before or not torch.equal(mem[k], before[k])]
     assert changed and all(k.endswith(".bias") for k in changed), changed  # the bake did something, biases only
+
+
+def test_a_wrapper_bake_reports_the_wrappers_measured_runtimes_not_the_text_familys(sources, tmp_path):
+    """The written model_type is the wrapper's: the runtime report reads the wrapper's row (measured in
+    tests/test_wrapper_runtimes.py), and for a wrapper with no measured row claims transformers alone."""
+    from bakesteer.portability import for_recipe, support
+
+    root, _ = sources
+    recipe = bake(root / "gemma3_mm", [Item(Steer("attn_in", 1, _vectors()[1], 4.0), {})], tmp_path / "g",
+                  progress=False)
+    family, groups = for_recipe(recipe)
+    assert family == "multimodal gemma3" and groups == ["qkv", "o"], (family, groups)
+    said = support(family, groups)
+    assert said["transformers"] == "yes" and said["MLX-LM"] == "refused" and said["llama.cpp"] == "refused"
+    recipe = bake(root / "qwen2_vl", [Item(Steer("attn_in", 1, _vectors()[1], 4.0), {})], tmp_path / "q",
+                  progress=False)
+    said = support(*for_recipe(recipe))
+    assert said["transformers"] == "yes" and set(said.values()) == {"yes", "unknown"}
+    assert [rt for rt, v in said.items() if v == "yes"] == ["transformers"]
