@@ -567,5 +567,11 @@ WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
                           measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",),
                                         onnxruntime=("qkv",)),
                           notes=_no_family("CTranslate2", "Mistral 3", _NOT_CT2)),
-    "qwen2_vl": Wrapper(("qwen2_vl",), "qwen2_vl_text", stored_as=_QWEN_VL_STORED),
+    "qwen2_vl": Wrapper(("qwen2_vl",), "qwen2_vl_text", stored_as=_QWEN_VL_STORED, measured_text="qwen2_vl_text",
+                        runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, U, U), mlxlm=_g(Y, U, U),
+                                                            ctranslate2=_g(R, U, U), onnxruntime=_g(R, U, U))},
+                        measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",),
+                                      onnxruntime=("qkv",)),
+                        notes={**_no_family("CTranslate2", "Qwen2-VL", _NOT_CT2),
+                               **_no_family("ONNX Runtime", "Qwen2-VL", _NOT_ORT)}),
 })

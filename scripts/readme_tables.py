@@ -36,7 +36,8 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also r
                     ("gemma3", "Gemma 3 multimodal (`gemma3`, its Gemma 3 decoder)"),
                     ("llava", "LLaVA (`llava`, a Llama decoder)"),
                     ("mistral3", "Mistral 3 (`mistral3`, its decoder relabelled to Llama)"),
-                    ("qwen2_5_vl", "Qwen2.5-VL (`qwen2_5_vl`, `attn_in`)"))}}
+                    ("qwen2_5_vl", "Qwen2.5-VL (`qwen2_5_vl`, `attn_in`)"),
+                    ("qwen2_vl", "Qwen2-VL (`qwen2_vl`, `attn_in`)"))}}
 _INSIDE_WRAPPERS = ("qwen2_5_vl_text", "qwen2_vl_text")  # families only ever written inside a wrapper (rows above)
 VERBS = {"ignored": ("ignores", "ignore"), "refused": ("refuses", "refuse"), "unknown": ("not checked", "not checked")}
 

@@ -149,7 +149,8 @@ def test_the_in_memory_bake_equals_the_streamed_one(sources, tmp_path, name):
 
 def test_a_wrapper_bake_reports_the_wrappers_measured_runtimes_not_the_text_familys(sources, tmp_path):
     """The written model_type is the wrapper's: the runtime report reads the wrapper's row (measured in
-    tests/test_wrapper_runtimes.py), and for a wrapper with no measured row claims transformers alone."""
+    tests/test_wrapper_runtimes.py); where its text decoder is written as another family than the one measured
+    (Mistral 3 with a window: SmolLM3 inside), it claims transformers alone."""
     from bakesteer.portability import for_recipe, support
 
     root, _ = sources
@@ -159,8 +160,9 @@ def test_a_wrapper_bake_reports_the_wrappers_measured_runtimes_not_the_text_fami
     assert family == "multimodal gemma3" and groups == ["qkv", "o"], (family, groups)
     said = support(family, groups)
     assert said["transformers"] == "yes" and said["MLX-LM"] == "refused" and said["llama.cpp"] == "refused"
-    recipe = bake(root / "qwen2_vl", [Item(Steer("attn_in", 1, _vectors()[1], 4.0), {})], tmp_path / "q",
+    recipe = bake(root / "mistral3_window", [Item(Steer("attn_in", 1, _vectors()[1], 4.0), {})], tmp_path / "q",
                   progress=False)
+    assert recipe["written"]["text_model_type"] == "smollm3"
     said = support(*for_recipe(recipe))
     assert said["transformers"] == "yes" and set(said.values()) == {"yes", "unknown"}
     assert [rt for rt, v in said.items() if v == "yes"] == ["transformers"]
