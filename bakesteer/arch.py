@@ -29,7 +29,7 @@ from typing import Iterator, Mapping
 from .archtypes import (ALWAYS, GROUPS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES, SITES, Approx, Arch,  # noqa: F401
                         Gguf, Group, Layout, Relabel, Site, Support, Wrapper, flag_on)
 from .errors import BakesteerError
-from .families import APPROX_POST_NORM, APPROX_PRE_NORM, ARCHS, WRAPPERS  # noqa: F401
+from .families import APPROX_POST_NORM, APPROX_PRE_NORM, ARCHS, INSIDE_WRAPPERS, WRAPPERS  # noqa: F401
 
 _VARIANTS: ContextVar[tuple[Arch, ...]] = ContextVar("bakesteer_arch_variants", default=())
 

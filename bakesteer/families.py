@@ -480,7 +480,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
         *(Arch(  # Qwen2-VL / Qwen2.5-VL's text decoder, inside its wrapper only: Qwen2's block, multimodal RoPE
             name, (name,), (cls,), "model.layers", "linear",
             {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
-            runtimes=_UNMEASURED,  # no runtime other than transformers is run on a multimodal bake here
+            runtimes=_UNMEASURED,  # never written alone: a bake's runtime rows are its wrapper's (WRAPPERS)
         ) for name, cls in (("qwen2_5_vl_text", "Qwen2_5_VLTextModel"), ("qwen2_vl_text", "Qwen2VLTextModel"))),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
@@ -534,6 +534,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
 # save_pretrained writes LLaVA-style wrappers under their transformers 4 names (transformers' conversion mapping
 # renames them back at load): module prefix -> stored prefix
 _QWEN_VL_STORED = (("model.language_model.", "model."), ("model.visual.", "visual."))
+INSIDE_WRAPPERS = ("qwen2_5_vl_text", "qwen2_vl_text")  # families of ARCHS only ever written inside a wrapper
 _LLAVA_STORED = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
                  ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
 _NOT_CT2 = "its converter has no conversion for the wrapper's config"
@@ -566,7 +567,7 @@ WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
                                                               ctranslate2=_g(R, U, U), onnxruntime=_g(Y, U, U))},
                           measured=_ran(llamacpp=("qkv",), mlxlm=("qkv",), ctranslate2=("qkv",),
                                         onnxruntime=("qkv",)),
-                          notes=_no_family("CTranslate2", "Mistral 3", _NOT_CT2)),
+                          notes=_no_family("CTranslate2", "Qwen2.5-VL", _NOT_CT2)),
     "qwen2_vl": Wrapper(("qwen2_vl",), "qwen2_vl_text", stored_as=_QWEN_VL_STORED, measured_text="qwen2_vl_text",
                         runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, U, U), mlxlm=_g(Y, U, U),
                                                             ctranslate2=_g(R, U, U), onnxruntime=_g(R, U, U))},

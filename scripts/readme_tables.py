@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from bakesteer.arch import ARCHS, GROUPS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES, WRAPPERS, family_of
+from bakesteer.arch import (ARCHS, GROUPS, INSIDE_WRAPPERS, NEVER, READ_FROM, RUNTIME_TESTS, RUNTIMES, WRAPPERS,
+                            family_of)
 from bakesteer.portability import MULTIMODAL, entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,6 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also r
                     ("mistral3", "Mistral 3 (`mistral3`, its decoder relabelled to Llama)"),
                     ("qwen2_5_vl", "Qwen2.5-VL (`qwen2_5_vl`, `attn_in`)"),
                     ("qwen2_vl", "Qwen2-VL (`qwen2_vl`, `attn_in`)"))}}
-_INSIDE_WRAPPERS = ("qwen2_5_vl_text", "qwen2_vl_text")  # families only ever written inside a wrapper (rows above)
 VERBS = {"ignored": ("ignores", "ignore"), "refused": ("refuses", "refuse"), "unknown": ("not checked", "not checked")}
 
 
@@ -233,7 +233,7 @@ def _cell(family: str, group: str) -> str:
 
 
 def portability() -> str:
-    families = [name for name, a in ARCHS.items() if a.runtimes and name not in _INSIDE_WRAPPERS]
+    families = [name for name, a in ARCHS.items() if a.runtimes and name not in INSIDE_WRAPPERS]
     families += [MULTIMODAL + name for name, w in WRAPPERS.items() if w.runtimes]
     lines = ["| written as | " + " | ".join(GROUP_TITLE[g] for g in GROUPS) + " |", "|---" * (1 + len(GROUPS)) + "|"]
     lines += [f"| {FAMILY_TITLE.get(f, f)} | " + " | ".join(_cell(f, g) for g in GROUPS) + " |" for f in families]

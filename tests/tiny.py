@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from transformers import AutoModelForCausalLM
 
-from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
+from bakesteer.arch import APPROX_PRE_NORM, ARCHS, INSIDE_WRAPPERS, NEVER, Arch, variant  # noqa: F401
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
                           GraniteConfig, LlamaConfig, LlavaConfig, Mistral3Config, MistralConfig, Olmo2Config,
@@ -88,8 +88,6 @@ CONFIGS = {
 }
 
 
-# table families that exist only inside a multimodal wrapper (WRAPPED): no runtime but transformers is run on them
-INSIDE_WRAPPERS = ("qwen2_5_vl_text", "qwen2_vl_text")
 _TEXT = {k: v for k, v in _COMMON.items() if k != "tie_word_embeddings"}
 _VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                patch_size=14)
