@@ -61,11 +61,12 @@ def bake_model(model: torch.nn.Module, items: list[Item]) -> torch.nn.Module:
     source = ModelTensors(model)
     p = plan(source, items)
     if p.relabelled_from is not None:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         cfg = {k: v for k, v in p.config.items() if k not in ("model_type", "transformers_version")}
-        new = AutoModelForCausalLM.from_config(AutoConfig.for_model(p.config["model_type"], **cfg),
-                                               dtype=next(model.parameters()).dtype)
+        auto = AutoModelForImageTextToText if p.arch.text_key else AutoModelForCausalLM  # a wrapper keeps its class
+        new = auto.from_config(AutoConfig.for_model(p.config["model_type"], **cfg),
+                               dtype=next(model.parameters()).dtype)
         state = {k: v for k, v in p.source.state.items() if k in new.state_dict()}
         missing = new.load_state_dict({**state, **{k: to_torch(v) for k, v in p.updates.items()}},
                                       strict=False).missing_keys

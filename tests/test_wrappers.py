@@ -129,7 +129,7 @@ def test_a_wrapper_whose_text_decoder_is_not_in_the_table_is_refused_in_one_sent
         find_arch({"model_type": "llava", "text_config": {"model_type": "internlm2"}})
 
 
-@pytest.mark.parametrize("name", ["gemma3_mm", "llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["gemma3_mm", "llava", "qwen2_5_vl", "mistral3", "mistral3_window"])
 def test_the_in_memory_bake_equals_the_streamed_one(sources, tmp_path, name):
     from bakesteer.inmemory import bake_model
 
