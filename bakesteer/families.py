@@ -482,6 +482,19 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
             runtimes=_UNMEASURED,  # never written alone: a bake's runtime rows are its wrapper's (WRAPPERS)
         ) for name, cls in (("qwen2_5_vl_text", "Qwen2_5_VLTextModel"), ("qwen2_vl_text", "Qwen2VLTextModel"))),
+        Arch(  # Llama's block with its own flag for the o bias (q/k/v biases on by default, as released)
+            "seed_oss", ("seed_oss",), ("SeedOssForCausalLM",), "model.layers", "linear",
+            {**_LLAMA_LINEARS, _O: "attention_out_bias"}, _PRE_NORM_SITES, _LLAMA_GROUPS,
+            defaults={"attention_bias": True, "attention_out_bias": False, "mlp_bias": False},
+            gguf=_qkv_gguf("seed_oss"),
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, R, R), mlxlm=_ALL, ctranslate2=_g(R, R, R),
+                                                onnxruntime=_g(R, R, R))},
+            measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**_llamacpp_no_o_bias("seed_oss"),
+                   ("llama.cpp", "mlp"): "llama.cpp's seed_oss has no MLP biases and refuses a checkpoint with them",
+                   **_no_family("CTranslate2", "Seed-OSS", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "Seed-OSS", _NO_GENAI_BUILDER)},
+        ),
         Arch(  # OLMo2's block with sliding windows; llama.cpp's converter writes it as an olmo2 GGUF
             "olmo3", ("olmo3",), ("Olmo3ForCausalLM",), "model.layers", "linear", _NO_MLP_BIAS, _OLMO2_SITES,
             _LLAMA_GROUPS, defaults=_NO_ATTN_BIAS, approx=APPROX_POST_NORM,

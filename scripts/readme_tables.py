@@ -32,7 +32,7 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "llama": "Llama (also r
                 "smollm3": "SmolLM3 (also relabelled Mistral, Phi-3 with a sliding window)", "starcoder2": "StarCoder2",
                 "phi": "Phi-2", "opt": "OPT", "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",
                 "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE (`attn_in`)", "gpt_oss": "GPT-OSS",
-                "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3",
+                "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3", "seed_oss": "Seed-OSS",
                 **{MULTIMODAL + w: title for w, title in (
                     ("gemma3", "Gemma 3 multimodal (`gemma3`, its Gemma 3 decoder)"),
                     ("llava", "LLaVA (`llava`, a Llama decoder)"),

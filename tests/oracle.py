@@ -55,6 +55,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "attn_out": ("model.layers.{L}.self_attn", "output"),
     },
     "smollm3": _LLAMA_LIKE,
+    "seed_oss": _LLAMA_LIKE,  # pre-norm; q/k/v biases native, o and MLP biases under their flags
     "qwen3_moe": _ATTENTION_ONLY,  # the MLP is a mixture of experts without biases
     "qwen2_moe": {"attn_in": _LLAMA_LIKE["attn_in"]},  # and o_proj has no bias
     "olmoe": _ATTENTION_ONLY,  # pre-norm; q_norm/k_norm come after the q/k projections

@@ -44,7 +44,7 @@ REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "
            "starcoder2": (ValueError, "No conversion is registered"),
            **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2", "olmo3", "qwen3_moe",
                                                                         "qwen2_moe", "gpt_oss", "olmoe",
-                                                                        "glm4", "deepseek_v3")},
+                                                                        "glm4", "deepseek_v3", "seed_oss")},
            "phi": (AttributeError, "n_layer")}  # its PhiLoader reads config.n_layer, which PhiConfig does not have
 # relabelled families whose source CTranslate2 cannot convert (the bake, written as Llama, it can): the steer's
 # effect is then measured against transformers' logits of the source

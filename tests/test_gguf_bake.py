@@ -32,7 +32,7 @@ _LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn
           "mlp.down_proj": "ffn_down"}
 # llama.cpp has only their q/k/v biases
 _QKV_ONLY = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "cohere", "cohere2", "qwen3_moe", "qwen2_moe",
-             "olmoe", "glm4")
+             "olmoe", "glm4", "seed_oss")
 CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reordering, transpose, metadata)
     "llama": ("model.layers", _LLAMA, "rope", False, {}),
     "smollm3": ("model.layers", _LLAMA, "rope", False, {}),  # llama.cpp has only its q/k/v biases

@@ -172,7 +172,9 @@ QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "
 CONVERTER_REFUSES_BIASES = ["cohere2"]
 NO_CONVERTER = ["opt", "gptj"]  # llama.cpp has no such architecture
 RUNTIME_REFUSES_BIASES = ["deepseek_v3"]  # its deepseek2 creates no q_a/kv_a/o bias: any bake refused, source runs
-NATIVE_QKV = ["qwen2_moe", "glm4"]  # q/k/v biases the source already has: an attn_in bake changes them in place
+NATIVE_QKV = ["qwen2_moe", "glm4", "seed_oss"]  # q/k/v biases the source has: an attn_in bake changes them in place
+# of those, families whose o and MLP biases a bake can switch on and llama.cpp refuses (no such tensors)
+NATIVE_QKV_ONLY = ["seed_oss"]
 # what the tiny models need to be what llama.cpp runs: Gemma's output embedding is always tied in llama.cpp; its
 # phi2 has one key/value head per query head and a 4x MLP (as Phi-2); its SmolLM3 is ~10 logits off transformers'
 # on the unbaked tiny model's NoPE block (a disagreement of the two implementations, baked or not), so the tiny
@@ -310,13 +312,24 @@ def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path
 
 def test_the_table_marks_these_families_measured_in_llamacpp():
     """SmolLM2 (Llama: every group), Qwen2 (q/k/v) and the tiny families above."""
-    the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes", **{f: {"qkv": "yes"} for f in NATIVE_QKV},
+    the_table_says("llama.cpp", {"llama": "yes", "qwen2": "yes",
+                                 **{f: {"qkv": "yes"} for f in NATIVE_QKV if f not in NATIVE_QKV_ONLY},
+                                 **{f: {"qkv": "yes", "o": "refused", "mlp": "refused"} for f in NATIVE_QKV_ONLY},
                                  **{f: "yes" for f in EVERY_GROUP},
                                  **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
                                  "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"},
                                  **{f: "refused" for f in NO_CONVERTER},
                                  **{f: {"qkv": "refused", "o": "refused"}
                                     for f in [*CONVERTER_REFUSES_BIASES, *RUNTIME_REFUSES_BIASES]}})
+
+
+@pytest.mark.parametrize("family,site", [(f, s) for f in NATIVE_QKV_ONLY for s in ("attn_out", "mlp_in")])
+def test_llamacpp_refuses_the_o_and_mlp_biases_it_has_no_tensors_for(tmp_path, converted, family, site):
+    """The converted attn_out / mlp_in bake (its flag switched on) does not load; the source and an attn_in bake do
+    (tests above)."""
+    _bake_and_convert(converted, tmp_path, family, site)
+    with pytest.raises(ValueError, match="Failed to load model"):
+        load(tmp_path / "hf.gguf")
 
 
 @pytest.mark.parametrize("family,site", [(f, s) for f in RUNTIME_REFUSES_BIASES for s in ("attn_in", "attn_out")])

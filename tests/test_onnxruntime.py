@@ -61,7 +61,7 @@ NOT_BUILT = {"gpt2": (NotImplementedError, "is not currently supported"),
              "opt": (NotImplementedError, "is not currently supported"),
              **{f: (NotImplementedError, "is not currently supported")
                 for f in ("gptj", "cohere", "cohere2", "olmo3", "qwen3_moe", "qwen2_moe", "olmoe", "glm4",
-                          "deepseek_v3")}}
+                          "deepseek_v3", "seed_oss")}}
 # the exported graph's name for the bias a site folds into (block 1)
 FOLDED = {"attn_in": ["attn.qkv_proj.Add"], "mlp_in": ["mlp.gate_proj.Add", "mlp.up_proj.Add"],
           "attn_out": ["attn.o_proj.Add"], "mlp_out": ["mlp.down_proj.Add"], "resid": ["mlp.down_proj.Add"]}

@@ -12,7 +12,8 @@ from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaCo
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
                           GraniteConfig, LlamaConfig, LlavaConfig, Mistral3Config, MistralConfig, Olmo2Config,
                           Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2_5_VLConfig, Qwen2Config,
-                          Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, Starcoder2Config)
+                          Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SeedOssConfig, SmolLM3Config,
+                          Starcoder2Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -69,6 +70,8 @@ CONFIGS = {
                                      use_sliding_window=True, sliding_window=8,
                                      layer_types=["sliding_attention", "full_attention"] * 2),
     "starcoder2": lambda: Starcoder2Config(**_COMMON, bos_token_id=1, eos_token_id=2),
+    # Seed-OSS: Llama's block, q/k/v biases (attention_bias, on as released), the o bias under attention_out_bias
+    "seed_oss": lambda: SeedOssConfig(**_COMMON, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2),
     "phi": lambda: PhiConfig(**_COMMON),
     # Phi-3: fused q|k|v and gate|up, no biases (relabelled to Llama with the fused weights split); the window
     # variant (all blocks sliding, as Phi-3-mini-4k) is relabelled to SmolLM3, the long-rope one to Llama
