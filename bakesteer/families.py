@@ -172,6 +172,19 @@ def _longrope_cache(cfg: Mapping) -> str | None:
             "factors at every length, CTranslate2 refuses it")
 
 
+def _query_scaling(cfg: Mapping) -> str | None:
+    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), Mapping) else {}
+    beta, n = rope.get("llama_4_scaling_beta"), rope.get("original_max_position_embeddings")
+    said = []
+    if beta:
+        said.append(f"Ministral 3 scales its queries by 1 + {beta}·log(1 + floor(position / {n})), which Llama does "
+                    f"not: the relabel is exact for positions below {n}, not past them")
+    if rope.get("rope_type") == "yarn":
+        said.append("runtimes read the Llama's YaRN RoPE otherwise (measured on tiny models): MLX-LM as transformers "
+                    "does, llama.cpp and ONNX Runtime with other rotations, CTranslate2 refuses it")
+    return "; ".join(said) or None
+
+
 def _partial_rotary(cfg: Mapping) -> str | None:
     rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), Mapping) else {}
     factor = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
@@ -395,6 +408,13 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
                             windowed_config=lambda cfg: _as_smollm3_window(cfg, first=0), split=_phi3_split,
                             caveat=_longrope_cache),
             defaults={"sliding_window": None, "max_position_embeddings": 4096}, unsupported=_partial_rotary,
+        ),
+        Arch(  # Mistral's block plus a query scale past original_max_position_embeddings: relabelled to Llama
+            "ministral3", ("ministral3",), ("Ministral3ForCausalLM",), "model.layers", "linear",
+            {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES, _LLAMA_GROUPS,
+            relabel=Relabel("llama", drop=("sliding_window",), blocker=_sliding_window_in_play, windowed="smollm3",
+                            windowed_config=lambda cfg: _as_smollm3_window(cfg, first=0), caveat=_query_scaling),
+            defaults={"sliding_window": None},
         ),
         Arch(  # the experts' projections are 3-D parameters, stored one tensor per expert (bakesteer.stored)
             "qwen3_moe", ("qwen3_moe",), ("Qwen3MoeForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS,

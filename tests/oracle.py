@@ -41,6 +41,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "granite": _LLAMA_LIKE,  # the block output itself: residual_multiplier is inside the block
     "mistral": _LLAMA_LIKE,
     "mistral_window": _LLAMA_LIKE,
+    "ministral3": _LLAMA_LIKE,
     "phi3": _LLAMA_LIKE,  # pre-norm; the sites feed qkv_proj / gate_up_proj, fused
     "phi3_window": _LLAMA_LIKE,
     "phi3_longrope": _LLAMA_LIKE,
@@ -104,7 +105,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "attn_out": ("model.language_model.layers.{L}.self_attn", "output"),
         "mlp_out": ("model.language_model.layers.{L}.mlp", "output"),
         "resid": ("model.language_model.layers.{L}", "output"),
-    } for name in ("llava", "mistral3", "mistral3_window")},
+    } for name in ("llava", "mistral3", "mistral3_window", "ministral3_mm")},
     **{name: {"attn_in": ("model.language_model.layers.{L}.input_layernorm", "output")}  # o, MLP: no bias
        for name in ("qwen2_5_vl", "qwen2_vl")},
 }

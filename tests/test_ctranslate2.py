@@ -45,7 +45,8 @@ REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "
            **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2", "olmo3", "qwen3_moe",
                                                                         "qwen2_moe", "gpt_oss", "olmoe",
                                                                         "glm4", "deepseek_v3", "seed_oss")},
-           "phi": (AttributeError, "n_layer")}  # its PhiLoader reads config.n_layer, which PhiConfig does not have
+           "phi": (AttributeError, "n_layer"),  # its PhiLoader reads config.n_layer, which PhiConfig does not have
+           "ministral3": (ValueError, "No conversion is registered")}  # and its bake: test_..._refuses_a_yarn_llama
 # relabelled families whose source CTranslate2 cannot convert (the bake, written as Llama, it can): the steer's
 # effect is then measured against transformers' logits of the source
 SOURCE_NOT_RUN = {"phi3": "CTranslate2 4.8.5's Phi-3 loader reads Phi3Attention.rotary_emb, gone in transformers 5"}
@@ -194,4 +195,12 @@ def test_ctranslate2_refuses_a_long_rope_llama(tmp_path):
     src = _source("phi3_longrope", tmp_path / "src")
     out = _tiny_bake(src, "resid", tmp_path / "baked")
     with pytest.raises(ValueError, match="rotary_scaling_long_factor"):
+        _ct2(out, [IDS])
+
+
+def test_ctranslate2_refuses_a_yarn_llama(tmp_path):
+    """Ministral 3 baked as Llama keeps its YaRN RoPE, which the converter's Llama loader does not implement, as
+    the bake's warning says."""
+    out = _tiny_bake(_source("ministral3", tmp_path / "src"), "resid", tmp_path / "baked")
+    with pytest.raises(NotImplementedError, match="yarn"):
         _ct2(out, [IDS])

@@ -22,7 +22,7 @@ EXPECTED_EXACT = {  # what the table must say; checked so a table edit cannot si
     "qwen3": 2, "gemma": 2, "gemma2": 2, "gemma3": 2, "olmo2": 2, "smollm3": 5, "starcoder2": 5, "phi": 5, "opt": 5,
     "gptj": 4, "cohere": 4, "cohere2": 4, "mistral_window": 5, "qwen2_window": 5, "olmo3": 2, "qwen3_moe": 2,
     "qwen2_moe": 1, "gpt_oss": 5, "olmoe": 2, "glm4": 1, "deepseek_v3": 2, "phi3": 5, "phi3_window": 5,
-    "phi3_longrope": 5, "seed_oss": 5,
+    "phi3_longrope": 5, "seed_oss": 5, "ministral3": 5,
 }
 CASES = [
     (name, site, layers)
@@ -154,3 +154,20 @@ def test_gpt2_checkpoint_without_the_transformer_prefix(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
     diff, effect, g1, g2 = hooked_vs_baked(source, baked, steers, ids)
     assert diff <= TOL and effect >= 100 * TOL and g1 == g2
+
+
+def test_ministral3_relabel_is_exact_below_its_query_scaling_switch_and_says_so(tmp_path):
+    """Ministral 3 scales its queries from original_max_position_embeddings on; Llama does not. Below that the
+    relabel is exact (the shared tests), past it not, and the bake's caveat says where."""
+    from tiny import MINISTRAL3_ROPE
+
+    model = make_model("ministral3", rope_parameters={**MINISTRAL3_ROPE, "original_max_position_embeddings": 16})
+    model.save_pretrained(tmp_path / "src")
+    steers = _steers("resid", (1,))
+    recipe = bake(tmp_path / "src", [Item(s, {}) for s in steers], tmp_path / "out", progress=False)
+    assert "exact for positions below 16" in recipe["written"]["caveat"]
+    baked = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    for n, exact in ((16, True), (40, False)):
+        ids = torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(2))
+        diff, effect, _, _ = hooked_vs_baked(model, baked, steers, ids)
+        assert effect >= 100 * TOL and (diff <= TOL) == exact, (n, diff)

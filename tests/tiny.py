@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, INSIDE_WRAPPERS, NEVER, Arch, variant  # noqa: F401
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
-                          GraniteConfig, LlamaConfig, LlavaConfig, Mistral3Config, MistralConfig, Olmo2Config,
-                          Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2_5_VLConfig, Qwen2Config,
-                          Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SeedOssConfig, SmolLM3Config,
-                          Starcoder2Config)
+                          GraniteConfig, LlamaConfig, LlavaConfig, Ministral3Config, Mistral3Config, MistralConfig,
+                          Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2_5_VLConfig,
+                          Qwen2Config, Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SeedOssConfig,
+                          SmolLM3Config, Starcoder2Config)
 
 VOCAB, HIDDEN, LAYERS = 96, 64, 4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -22,6 +22,8 @@ _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, n
 # shared tests stay below it, as prompts below 4096 tokens do on the released models; test_phi3 goes past)
 PHI3_LONGROPE = dict(rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=128,
                      short_factor=[1.0 + 0.1 * i for i in range(8)], long_factor=[2.0 + 0.3 * i for i in range(8)])
+MINISTRAL3_ROPE = dict(rope_type="yarn", rope_theta=1e6, factor=2.0, original_max_position_embeddings=128,
+                       beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0, llama_4_scaling_beta=0.1)
 CONFIGS = {
     "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256),
     "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
@@ -38,6 +40,10 @@ CONFIGS = {
     "mistral_window": lambda: MistralConfig(**_COMMON, sliding_window=8),  # relabelled to SmolLM3
     "qwen2_window": lambda: Qwen2Config(**_COMMON, use_sliding_window=True, sliding_window=8, max_window_layers=2),
     "qwen2": lambda: Qwen2Config(**_COMMON),
+    # Ministral 3: Mistral's block, YaRN, queries scaled past original_max_position_embeddings (128 here, beyond
+    # the shared tests' sequences; tests/test_equivalence.py goes past it)
+    "ministral3": lambda: Ministral3Config(**_COMMON, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                           rope_parameters=MINISTRAL3_ROPE),
     "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
     "gemma": lambda: GemmaConfig(**_COMMON, head_dim=16),
     "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
@@ -115,6 +121,10 @@ WRAPPED = {
         text_config=dict(_TEXT, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
                                                  "rope_theta": 10000.0}, bos_token_id=1, eos_token_id=2),
         vision_config=dict(depth=1, embed_dim=16, hidden_size=HIDDEN, num_heads=2, mlp_ratio=2, patch_size=14)),
+    # Ministral 3 as released: its Ministral 3 decoder inside Mistral 3's wrapper (relabelled to Llama inside)
+    "ministral3_mm": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="ministral3", head_dim=16,
+                                                             rope_parameters=MINISTRAL3_ROPE),
+                                            vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
     "mistral3_window": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="mistral", sliding_window=8),
                                               vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
 }
