@@ -276,6 +276,17 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
             notes=_no_family("CTranslate2", "Granite", _NO_CT2_LOADER),
         ),
+        Arch(  # Granite's block with attention sinks, sliding windows and a RoPE base per block (0: none)
+            "granite_swa", ("granite_swa",), ("GraniteSWAForCausalLM",), "model.layers", "linear", _LLAMA_LINEARS,
+            {**_PRE_NORM_SITES, "resid": Site("", ("mlp.down_proj",), "direct", scale="residual_multiplier")},
+            _LLAMA_GROUPS, defaults={**_NO_BIAS, "residual_multiplier": 1.0},
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(U, U, U), mlxlm=_g(R, R, R), ctranslate2=_g(R, R, R),
+                                                onnxruntime=_g(R, R, R))},
+            measured=_ran(mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
+            notes={**_no_family("MLX-LM", "GraniteSWA", "MLX-LM 0.32.2 has no granite_swa model"),
+                   **_no_family("CTranslate2", "GraniteSWA", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "GraniteSWA", _NO_GENAI_BUILDER)},
+        ),
         Arch(
             "mistral", ("mistral",), ("MistralForCausalLM",), "model.layers", "linear",
             {m: NEVER for m in _LLAMA_LINEARS}, _PRE_NORM_SITES, _LLAMA_GROUPS,

@@ -28,7 +28,8 @@ REGION = re.compile(r"<!-- results:([\w-]+) -->(.*?)<!-- /results:\1 -->", re.S)
 GROUP_TITLE = {"qkv": "q/k/v biases", "o": "o bias", "mlp": "MLP biases"}
 FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX",
                 "llama": "Llama (also relabelled Mistral, Ministral 3, Qwen2, Phi-3)",
-                "granite": "Granite", "qwen2": "Qwen2 (`attn_in`, config unchanged)", "qwen3": "Qwen3",
+                "granite": "Granite", "granite_swa": "GraniteSWA", "qwen2": "Qwen2 (`attn_in`, config unchanged)",
+                "qwen3": "Qwen3",
                 "gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3", "olmo2": "OLMo2", "olmo3": "OLMo3",
                 "smollm3": "SmolLM3 (also relabelled Mistral, Phi-3 with a sliding window)", "starcoder2": "StarCoder2",
                 "phi": "Phi-2", "opt": "OPT", "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",

@@ -39,6 +39,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     "gpt_neox_seq": _NEOX,
     "llama": _LLAMA_LIKE,
     "granite": _LLAMA_LIKE,  # the block output itself: residual_multiplier is inside the block
+    "granite_swa": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "mistral_window": _LLAMA_LIKE,
     "ministral3": _LLAMA_LIKE,

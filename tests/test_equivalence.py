@@ -22,7 +22,7 @@ EXPECTED_EXACT = {  # what the table must say; checked so a table edit cannot si
     "qwen3": 2, "gemma": 2, "gemma2": 2, "gemma3": 2, "olmo2": 2, "smollm3": 5, "starcoder2": 5, "phi": 5, "opt": 5,
     "gptj": 4, "cohere": 4, "cohere2": 4, "mistral_window": 5, "qwen2_window": 5, "olmo3": 2, "qwen3_moe": 2,
     "qwen2_moe": 1, "gpt_oss": 5, "olmoe": 2, "glm4": 1, "deepseek_v3": 2, "phi3": 5, "phi3_window": 5,
-    "phi3_longrope": 5, "seed_oss": 5, "ministral3": 5,
+    "phi3_longrope": 5, "seed_oss": 5, "ministral3": 5, "granite_swa": 5,
 }
 CASES = [
     (name, site, layers)

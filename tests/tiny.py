@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, INSIDE_WRAPPERS, NEVER, Arch, variant  # noqa: F401
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
-                          GraniteConfig, LlamaConfig, LlavaConfig, Ministral3Config, Mistral3Config, MistralConfig,
-                          Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2_5_VLConfig,
+                          GraniteConfig, GraniteSWAConfig, LlamaConfig, LlavaConfig, Ministral3Config, Mistral3Config,
+                          MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig,
+                          Qwen2_5_VLConfig,
                           Qwen2Config, Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SeedOssConfig,
                           SmolLM3Config, Starcoder2Config)
 
@@ -36,6 +37,11 @@ CONFIGS = {
     "llama": lambda: LlamaConfig(**_COMMON),
     "granite": lambda: GraniteConfig(**_COMMON, residual_multiplier=0.22, embedding_multiplier=12.0,
                                      attention_multiplier=0.0078125, logits_scaling=8.0),
+    # GraniteSWA: Granite's multipliers, attention sinks, sliding blocks and a NoPE block (RoPE base 0)
+    "granite_swa": lambda: GraniteSWAConfig(**_COMMON, residual_multiplier=0.22, embedding_multiplier=12.0,
+                                            attention_multiplier=0.0625, logits_scaling=8.0, sliding_window=8,
+                                            layer_types=["full_attention", "sliding_attention"] * 2,
+                                            layer_rope_theta=[0.0, 10000.0, 10000.0, 10000.0]),
     "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
     "mistral_window": lambda: MistralConfig(**_COMMON, sliding_window=8),  # relabelled to SmolLM3
     "qwen2_window": lambda: Qwen2Config(**_COMMON, use_sliding_window=True, sliding_window=8, max_window_layers=2),
