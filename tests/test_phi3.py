@@ -165,3 +165,13 @@ def test_a_config_that_leaves_values_to_phi3s_defaults_is_relabelled_to_the_same
     ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
     diff, effect, _, _ = hooked_vs_baked(source, baked, steers, ids)
     assert diff <= TOL and effect >= 100 * TOL, (diff, effect)
+
+
+@pytest.mark.parametrize("doc", [{"../model.safetensors": "{}"}, {"model.safetensors": 7}, ["not", "a", "map"]])
+def test_a_damaged_record_of_source_headers_is_refused_before_anything_is_written(tmp_path, capsys, doc):
+    """A downloaded bake's bakesteer/original_headers.json names only source shards the record names, as text."""
+    make_model("phi3").save_pretrained(tmp_path / "src")
+    bake(tmp_path / "src", [Item(s, {}) for s in _steers("resid", (1,))], tmp_path / "out", progress=False)
+    (tmp_path / "out" / "bakesteer" / "original_headers.json").write_text(json.dumps(doc))
+    refused(capsys, ["unbake", str(tmp_path / "out"), "-o", str(tmp_path / "back")], "bake record is damaged",
+            tmp_path)
