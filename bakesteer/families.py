@@ -173,13 +173,14 @@ def _longrope_cache(cfg: Mapping) -> str | None:
 
 
 def _query_scaling(cfg: Mapping) -> str | None:
-    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), Mapping) else {}
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")  # the transformers 5 form, or the older one
+    rope = rope if isinstance(rope, Mapping) else {}
     beta, n = rope.get("llama_4_scaling_beta"), rope.get("original_max_position_embeddings")
     said = []
     if beta:
         said.append(f"Ministral 3 scales its queries by 1 + {beta}·log(1 + floor(position / {n})), which Llama does "
                     f"not: the relabel is exact for positions below {n}, not past them")
-    if rope.get("rope_type") == "yarn":
+    if rope.get("rope_type", rope.get("type")) == "yarn":
         said.append("runtimes read the Llama's YaRN RoPE otherwise (measured on tiny models): MLX-LM as transformers "
                     "does, llama.cpp and ONNX Runtime with other rotations, CTranslate2 refuses it")
     return "; ".join(said) or None
