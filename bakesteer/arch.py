@@ -59,14 +59,19 @@ def find_arch(cfg: Mapping | None = None, *, gguf: str | None = None) -> Arch:
                                  f"{known}); bake the Hugging Face checkpoint instead and convert it with llama.cpp.")
         return found
     model_type = (cfg or {}).get("model_type")
-    wrapper = next((w for w in WRAPPERS.values() if model_type in w.model_types), None)
+    wrapper = wrapper_of(model_type)
     if wrapper is not None:
-        return _inside(wrapper, cfg)
+        return _inside(WRAPPERS[wrapper], cfg)
     found = next((a for a in _entries() if model_type in a.model_types), None)
     if found is None:
         known = ", ".join(sorted(t for a in ARCHS.values() for t in a.model_types))
         raise BakesteerError(f"model_type {model_type!r} is not supported; bakesteer supports: {known}.")
     return found
+
+
+def wrapper_of(model_type: str | None) -> str | None:
+    """The ``WRAPPERS`` name of a multimodal model type, or None."""
+    return next((name for name, w in WRAPPERS.items() if model_type in w.model_types), None)
 
 
 def _inside(w: Wrapper, cfg: Mapping) -> Arch:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .arch import ARCHS, GROUPS, RUNTIMES, WRAPPERS, Group, Support, family_of
+from .arch import ARCHS, GROUPS, RUNTIMES, WRAPPERS, Group, Support, family_of, wrapper_of
 
 __all__ = ["GROUPS", "MULTIMODAL", "RUNTIMES", "entry", "for_recipe", "groups_written", "support", "table_lines",
            "warnings"]
@@ -49,7 +49,8 @@ def support(family: str, groups: list[str]) -> dict[str, Support]:
 
 def warnings(family: str, groups: list[str]) -> list[str]:
     """One sentence per runtime that would silently drop or refuse what was written."""
-    notes = entry(family).notes if entry(family) is not None else {}
+    found = entry(family)
+    notes = found.notes if found is not None else {}
     out = []
     for rt in RUNTIMES:
         row = _row(family, rt)
@@ -67,7 +68,7 @@ def for_recipe(recipe: dict) -> tuple[str, list[Group]]:
     """(written family, bias groups written) of a bake; for a multimodal wrapper, the wrapper's entry where its
     text decoder is written as the family its rows were measured with ("" where it is not)."""
     written, keys = recipe["written"], recipe["tensors_changed"] + recipe["tensors_added"]
-    wrapper = next((name for name, w in WRAPPERS.items() if written.get("model_type") in w.model_types), None)
+    wrapper = wrapper_of(written.get("model_type"))
     if wrapper is not None:
         w = WRAPPERS[wrapper]
         text = written.get("text_model_type") or w.default_text

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from bakesteer.arch import ARCHS, exact_sites
+from bakesteer.arch import ARCHS, INSIDE_WRAPPERS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
 from helpers import hf_logits as _hf
 from helpers import max_diff as _max
 from helpers import runtime_runs_the_smollm2_bake, the_table_says
-from tiny import CONFIGS, HIDDEN, INSIDE_WRAPPERS, LAYERS, make_model, save_char_tokenizer
+from tiny import CONFIGS, HIDDEN, LAYERS, make_model, save_char_tokenizer
 
 ct2 = pytest.importorskip("ctranslate2", reason="CTranslate2 is not installed (pip install ctranslate2==4.8.5)")
 from ctranslate2.converters import TransformersConverter  # noqa: E402

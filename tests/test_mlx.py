@@ -28,14 +28,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from bakesteer.arch import ARCHS, exact_sites
+from bakesteer.arch import ARCHS, INSIDE_WRAPPERS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.configs import for_every_reader
 from bakesteer.hooks import Steer
 from helpers import hf_logits as _hf
 from helpers import max_diff as _max
 from helpers import long_rope_as_read, runtime_runs_the_smollm2_bake, the_table_says
-from tiny import CONFIGS, HIDDEN, INSIDE_WRAPPERS, make_model
+from tiny import CONFIGS, HIDDEN, make_model
 
 mx = pytest.importorskip("mlx.core", reason="MLX-LM runs on the CPU with `pip install 'mlx[cpu]' mlx-lm`")
 mlx_utils = pytest.importorskip("mlx_lm.utils")

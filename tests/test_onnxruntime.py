@@ -21,11 +21,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bakesteer.arch import ARCHS, exact_sites
+from bakesteer.arch import ARCHS, INSIDE_WRAPPERS, exact_sites
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer
 from helpers import long_rope_as_read, love_steer, the_table_says
-from tiny import CONFIGS, HIDDEN, INSIDE_WRAPPERS, make_model, save_char_tokenizer
+from tiny import CONFIGS, HIDDEN, make_model, save_char_tokenizer
 
 og = pytest.importorskip("onnxruntime_genai", reason="needs `pip install onnxruntime-genai onnx onnx_ir`")
 pytest.importorskip("onnx_ir", reason="onnxruntime-genai's model builder needs onnx_ir (not declared by it)")

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from transformers import AutoModelForCausalLM
 
-from bakesteer.arch import APPROX_PRE_NORM, ARCHS, INSIDE_WRAPPERS, NEVER, Arch, variant  # noqa: F401
+from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
                           GraniteConfig, GraniteSWAConfig, LlamaConfig, LlavaConfig, Ministral3Config, Mistral3Config,
