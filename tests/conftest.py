@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,3 +29,16 @@ def smollm2_tok(smollm2):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_folders(tmp_path_factory):
+    """Remove the folders a module's fixtures made under the session's temp folder once its tests are done; kept,
+    a full run holds ~28 GB of converted and baked models to its end. A test's own folder (``test_…``) is left to
+    ``tmp_path_retention_policy``: kept only if the test failed."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith("test_"):
+            shutil.rmtree(path, ignore_errors=True)
