@@ -160,9 +160,16 @@ def _phi3_split(cfg: Mapping) -> dict[str, tuple[tuple[str, int], ...]]:
             "mlp.gate_up_proj": (("mlp.gate_proj", inter), ("mlp.up_proj", inter))}
 
 
+def _rope(cfg: Mapping) -> tuple[Mapping, str | None]:
+    """The RoPE settings (the transformers 5 ``rope_parameters``, or the older ``rope_scaling``) and their type."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    rope = rope if isinstance(rope, Mapping) else {}
+    return rope, rope.get("rope_type", rope.get("type"))
+
+
 def _longrope_cache(cfg: Mapping) -> str | None:
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if not isinstance(rope, Mapping) or rope.get("rope_type", rope.get("type")) != "longrope":
+    rope, kind = _rope(cfg)
+    if kind != "longrope":
         return None
     n = rope.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
     return (f"long-rope: every forward pass in transformers equals Phi-3's, but Phi-3's generate() drops its KV "
@@ -173,21 +180,20 @@ def _longrope_cache(cfg: Mapping) -> str | None:
 
 
 def _query_scaling(cfg: Mapping) -> str | None:
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")  # the transformers 5 form, or the older one
-    rope = rope if isinstance(rope, Mapping) else {}
+    rope, kind = _rope(cfg)
     beta, n = rope.get("llama_4_scaling_beta"), rope.get("original_max_position_embeddings")
     said = []
     if beta:
         said.append(f"Ministral 3 scales its queries by 1 + {beta}·log(1 + floor(position / {n})), which Llama does "
                     f"not: the relabel is exact for positions below {n}, not past them")
-    if rope.get("rope_type", rope.get("type")) == "yarn":
+    if kind == "yarn":
         said.append("runtimes read the Llama's YaRN RoPE otherwise (measured on tiny models): MLX-LM as transformers "
                     "does, llama.cpp and ONNX Runtime with other rotations, CTranslate2 refuses it")
     return "; ".join(said) or None
 
 
 def _partial_rotary(cfg: Mapping) -> str | None:
-    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), Mapping) else {}
+    rope, _ = _rope(cfg)
     factor = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if factor is None or factor == 1.0:
         return None
