@@ -62,9 +62,9 @@ def find_arch(cfg: Mapping | None = None, *, gguf: str | None = None) -> Arch:
     wrapper = wrapper_of(model_type)
     if wrapper is not None:
         return _inside(WRAPPERS[wrapper], cfg)
-    found = next((a for a in _entries() if model_type in a.model_types), None)
+    found = next((a for a in _entries() if model_type in a.model_types and a.when(a.config(cfg))), None)
     if found is None:
-        known = ", ".join(sorted(t for a in ARCHS.values() for t in a.model_types))
+        known = ", ".join(sorted({t for a in ARCHS.values() for t in a.model_types}))
         raise BakesteerError(f"model_type {model_type!r} is not supported; bakesteer supports: {known}.")
     return found
 
@@ -126,9 +126,17 @@ class FoldTarget:
     relabelled_from: str | None  # source family when the architecture changes
 
 
+def folds(arch: Arch, site: Site) -> tuple[str, ...] | None:
+    """The linears whose biases absorb ``site`` (of the next block, for a ``next_block`` site), or None."""
+    if not site.next_block:
+        return site.fold
+    parts = [arch.sites[n].fold for n in site.next_block]
+    return None if any(p is None for p in parts) else tuple(m for p in parts for m in p)
+
+
 def _fold_in(arch: Arch, site: Site, cfg: Mapping) -> tuple[str, ...] | None:
     """Flags to switch on for the site's fold in ``arch``, or None when a target has no bias slot."""
-    slots = [arch.bias_slot(m) for m in site.fold or ()]
+    slots = [arch.bias_slot(m) for m in folds(arch, site) or ()]
     if not slots or NEVER in slots:
         return None
     return tuple(sorted({s for s in slots if not flag_on(cfg, s)}))
@@ -141,13 +149,13 @@ def _resolve(arch: Arch, cfg: Mapping, site_name: str) -> FoldTarget | str:
     unsupported = arch.unsupported(cfg)
     if unsupported is not None:
         return unsupported
-    if site.fold is None:
+    if folds(arch, site) is None:
         return site.why_not
     flags = _fold_in(arch, site, cfg)
     if flags is not None:
         return FoldTarget(arch, site, flags, None)
     if arch.relabel is None:
-        return f"{arch.name} builds {', '.join(site.fold)} with bias=False, so there is no bias slot"
+        return f"{arch.name} builds {', '.join(folds(arch, site))} with bias=False, so there is no bias slot"
     blocker = arch.relabel.blocker(cfg)
     if blocker is not None and arch.relabel.windowed is None:
         return f"{arch.name} has no bias slot there and {blocker}"
@@ -157,7 +165,7 @@ def _resolve(arch: Arch, cfg: Mapping, site_name: str) -> FoldTarget | str:
     tsite = target.sites[site_name]
     # biases the source always has must load in the target, so their flags go on too
     kept = {target.bias_slot(m) for m, s in arch.linears.items() if s == ALWAYS}
-    needed = {target.bias_slot(m) for m in tsite.fold or ()}
+    needed = {target.bias_slot(m) for m in folds(target, tsite) or ()}
     return FoldTarget(target, tsite, tuple(sorted(kept | needed)), arch.name)
 
 
@@ -230,7 +238,7 @@ def steering_vectors_misses(cfg: Mapping, site_name: str, layer_type: str) -> st
     """The module carrying ``site_name`` in this family when steering-vectors' ``layer_type`` guesser would not
     find it, else None (also None for a family the table does not know: nothing to check against)."""
     model_type = cfg.get("model_type")
-    arch = next((a for a in _entries() if model_type in a.model_types), None) if model_type else None
+    arch = next((a for a in _entries() if model_type in a.model_types and a.when(a.config(cfg))), None)
     if arch is None:
         return None
     hook = arch.sites[site_name].hook

@@ -51,6 +51,9 @@ class Site:
     scale: str | None = None  # config attribute v is divided by before a direct fold
     why_not: str = ""  # when fold is None: what stands in the way
     at: Literal["output", "input"] = "output"  # the site is the hook module's output, or its input
+    # a post-norm block's output is the next block's input: the site folds as these sites of block L+1 (and has
+    # no fold at the last block)
+    next_block: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,9 @@ class Arch:
     defaults: Mapping[str, object] = field(default_factory=dict)  # config values when config.json omits them
     dims: tuple[str, str] = ("hidden_size", "num_hidden_layers")  # config names of hidden size, block count
     context: str = "max_position_embeddings"  # config name of the context length
-    final_norm: str = "model.norm"  # module path of the norm after the last block
+    final_norm: str | None = "model.norm"  # module path of the norm after the last block (None: there is none)
+    head_in: tuple[str, ...] = ()  # modules between the final norm and the head, where the config builds them
+    when: Callable[[Mapping], bool] = lambda cfg: True  # the configs of its model types it describes (defaults in)
     legacy: Mapping[str, str] = field(default_factory=dict)  # key readers of older configs want -> key it copies
     unsupported: Callable[[Mapping], str | None] = lambda cfg: None  # a form of the family the sites do not describe
     approx: Approx | None = None  # how a site with no exact fold is approximated on request

@@ -5,7 +5,7 @@ import datetime
 import hashlib
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -133,6 +133,10 @@ class _Deltas:
     def fold(self, s: Steer, site: Site, cfg: dict, hidden: int) -> None:
         """Add the delta of one steer at its (exact) site, reading a weight only for a through-fold."""
         layout, ckpt = self.arch.layout, self.ckpt
+        if site.next_block:  # a post-norm block's output: the next block's sites take it
+            for name in site.next_block:
+                self.fold(replace(s, layer=s.layer + 1, site=name), self.arch.sites[name], cfg, hidden)
+            return
         for module in site.fold:
             wkey, bkey = self.keys(s.layer, module)
             if module in self.arch.stacked:
@@ -235,6 +239,11 @@ def plan(ckpt: TensorSource, items: list[Item], extra: dict[tuple[int, str], np.
     if not extra:
         check_items(items, hidden, n_layers)
     targets = [fold_target(cfg, it.steer.site, source) for it in items]
+    for it, t in zip(items, targets):
+        if t.site.next_block and it.steer.layer == n_layers - 1:
+            raise BakesteerError(f"{it.steer.site} of the last block ({it.steer.layer}) cannot be baked exactly into "
+                                 f"{t.arch.name}: its output goes through the head, which has no bias; choose a "
+                                 f"block below {n_layers - 1}.")
     relabelled = any(t.relabelled_from for t in targets)
     written = next((t.arch for t in targets if t.relabelled_from), source)
     flags = {f for t in targets for f in t.flags}  # a relabelled target's flags keep the source biases

@@ -282,18 +282,27 @@ class Model:
                 if p is not None:
                     m._parameters[pname] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
 
-    def _final_norm(self) -> tuple[str, torch.nn.Module]:
-        try:
-            return self.arch.final_norm, self.model.get_submodule(self.arch.final_norm)
-        except AttributeError:
-            raise BakesteerError(f"{self.folder} has no {self.arch.final_norm}, the final norm of "
-                                 f"{self.arch.name}; the model does not match its config.") from None
+    def _tail(self) -> list[tuple[str, torch.nn.Module]]:
+        """The modules between the last block and the head, in order: the final norm (where the family has
+        one), then those of ``head_in`` the config builds (OPT's project_out)."""
+        out = []
+        if self.arch.final_norm is not None:
+            try:
+                out.append((self.arch.final_norm, self.model.get_submodule(self.arch.final_norm)))
+            except AttributeError:
+                raise BakesteerError(f"{self.folder} has no {self.arch.final_norm}, the final norm of "
+                                     f"{self.arch.name}; the model does not match its config.") from None
+        for name in self.arch.head_in:
+            try:
+                out.append((name, self.model.get_submodule(name)))
+            except AttributeError:  # not built under this config (None)
+                pass
+        return out
 
     def _embed_parts(self) -> list[tuple[str, torch.nn.Module]]:
         """Modules with parameters that the model's forward uses before block 0 (embeddings)."""
-        norm = self._final_norm()[1]
         head = self.model.get_output_embeddings()
-        skip = {id(self.layers), id(norm), id(head)}
+        skip = {id(self.layers), id(head), *(id(m) for _, m in self._tail())}
         out = []
         for name, m in self.model.named_modules():
             if id(m) in skip or any(n == name or name.startswith(n + ".") for n, _ in out):
@@ -310,7 +319,7 @@ class Model:
         elif which == "embed":
             mods = self._embed_parts()
         else:
-            mods = [self._final_norm(), (self._head_weight().rsplit(".", 1)[0], self.model.get_output_embeddings())]
+            mods = [*self._tail(), (self._head_weight().rsplit(".", 1)[0], self.model.get_output_embeddings())]
         try:
             if not (self.keep and str(which) in self.resident):
                 for prefix, m in mods:
@@ -393,7 +402,9 @@ class Model:
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from the last block's hidden state, with the resident final norm and head (and the family's
         logit scaling or soft-capping)."""
-        logits = self.model.get_output_embeddings()(self._final_norm()[1](h))
+        for _, m in self._tail():
+            h = m(h)
+        logits = self.model.get_output_embeddings()(h)
         scale = getattr(self.text_config, "logits_scaling", None)  # Granite divides
         if scale:
             logits = logits / scale

@@ -126,13 +126,6 @@ def _qkv_gguf(name: str) -> Gguf:
     return Gguf(name, {m: _LLAMA_GGUF_NAMES[m] for m in _QKV}, _GGUF_DIMS)
 
 
-def _opt_post_norm(cfg: Mapping) -> str | None:
-    if cfg.get("do_layer_norm_before", True):
-        return None
-    return ("its blocks normalise after each residual add (do_layer_norm_before=false, as OPT-350m), a form "
-            "bakesteer does not bake yet")
-
-
 _MOE = ("its MLP is a mixture of experts: the router and the experts have no bias slots, and a bias after "
         "each expert would be scaled by its routing weight")
 _ATTENTION_LINEARS = {m: _LLAMA_LINEARS[m] for m in (*_QKV, _O)}  # an MoE block's experts are no nn.Linear
@@ -397,24 +390,32 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
             notes=_no_family("CTranslate2", "Phi", "its PhiLoader reads config.n_layer, which PhiConfig does not have"),
         ),
-        Arch(  # fc1/fc2 are members of the block itself (no MLP module): mlp_out is fc2's output
-            "opt", ("opt",), ("OPTForCausalLM",), "model.decoder.layers", "linear",
-            {m: "enable_bias" for m in (*_QKV, "self_attn.out_proj", "fc1", "fc2")},
-            {"attn_in": Site("self_attn_layer_norm", _QKV, "through"),
-             "mlp_in": Site("final_layer_norm", ("fc1",), "through"),
-             "attn_out": Site("self_attn", ("self_attn.out_proj",), "direct"),
-             "mlp_out": Site("fc2", ("fc2",), "direct"),
-             "resid": Site("", ("fc2",), "direct")},
+        *(Arch(  # fc1/fc2 are members of the block itself (no MLP module): mlp_out is fc2's output
+            name, ("opt",), ("OPTForCausalLM",), "model.decoder.layers", "linear",
+            {m: "enable_bias" for m in (*_QKV, "self_attn.out_proj", "fc1", "fc2")}, sites,
             {**{m: "qkv" for m in _QKV}, "self_attn.out_proj": "o", "fc1": "mlp", "fc2": "mlp"},
-            defaults={"enable_bias": True, "do_layer_norm_before": True}, unsupported=_opt_post_norm,
-            final_norm="model.decoder.final_layer_norm",
+            defaults={"enable_bias": True, "do_layer_norm_before": True},
+            when=lambda cfg, pre=pre: bool(cfg["do_layer_norm_before"]) == pre,
+            final_norm="model.decoder.final_layer_norm" if pre else None, head_in=("model.decoder.project_out",),
             runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(R, R, R), mlxlm=_g(R, R, R), ctranslate2=_ALL,
                                                 onnxruntime=_g(R, R, R))},
             measured=_ran(llamacpp=GROUPS, mlxlm=GROUPS, ctranslate2=GROUPS, onnxruntime=GROUPS),
             notes={**_no_family("llama.cpp", "OPT", "llama.cpp has no OPT architecture; its converter refuses it"),
                    **_no_family("MLX-LM", "OPT", "MLX-LM 0.32.2 has no OPT model"),
                    **_no_family("ONNX Runtime", "OPT", _NO_GENAI_BUILDER)},
-        ),
+        ) for name, pre, sites in (
+            ("opt", True, {"attn_in": Site("self_attn_layer_norm", _QKV, "through"),
+                           "mlp_in": Site("final_layer_norm", ("fc1",), "through"),
+                           "attn_out": Site("self_attn", ("self_attn.out_proj",), "direct"),
+                           "mlp_out": Site("fc2", ("fc2",), "direct"),
+                           "resid": Site("", ("fc2",), "direct")}),
+            # post-norm (do_layer_norm_before=false, OPT-350m): x -> LN1(x + attn(x)) -> LN2(h + fc2(fc1(h))); the
+            # block's output is the next block's input, which enters its attention and its first residual add
+            ("opt_post_norm", False, {"attn_in": Site("self_attn", _QKV, "through", at="input"),
+                                      "mlp_in": Site("fc1", ("fc1",), "through", at="input"),
+                                      "attn_out": Site("self_attn", ("self_attn.out_proj",), "direct"),
+                                      "mlp_out": Site("fc2", ("fc2",), "direct"),
+                                      "resid": Site("", None, "direct", next_block=("attn_in", "attn_out"))}))),
         Arch(  # no bias anywhere; q|k|v and gate|up fused: relabelled to Llama with the fused weights split
             "phi3", ("phi3",), ("Phi3ForCausalLM",), "model.layers", "linear",
             {m: NEVER for m in ("self_attn.qkv_proj", _O, "mlp.gate_up_proj", "mlp.down_proj")},

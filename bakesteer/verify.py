@@ -63,6 +63,11 @@ class BlockCheck(_Tolerated):
     ref_diff: float  # baked block vs hooked block in higher precision
     own_error: float  # hooked block in the dtype vs in higher precision
     effect: float  # hooked block vs plain block: what the steer does here (0 for a relabel-only block)
+    last: int | None = None  # a span's last block: a steer a post-norm block passes to the next (resid@L -> L+1)
+
+    @property
+    def name(self) -> str:
+        return f"block {self.block}" if self.last is None else f"blocks {self.block}-{self.last}"
 
     @property
     def passed(self) -> bool:
@@ -115,10 +120,10 @@ class Report(_Tolerated):
                            "(not the recorded hash)")
         if self.blocks:
             worst = max(self.blocks, key=lambda c: min(c.max_abs_diff, c.ref_diff) / c.tolerance)
-            failed = [c.block for c in self.blocks if not c.passed]
+            failed = [c.name.split(" ", 1)[1] for c in self.blocks if not c.passed]
             out.append(f"{'PASS' if not failed else 'FAIL'}  blocks: {len(self.blocks)} touched block(s) "
                        f"{'reproduce' if not failed else 'do not all reproduce'} hook steering on their real inputs "
-                       f"(worst: block {worst.block}, max |Δ| {min(worst.max_abs_diff, worst.ref_diff):.3g}, "
+                       f"(worst: {worst.name}, max |Δ| {min(worst.max_abs_diff, worst.ref_diff):.3g}, "
                        f"tolerance {worst.tolerance:.3g}, steer effect there {worst.effect:.3g})"
                        + (f"; failing: {', '.join(map(str, failed))}" if failed else ""))
         return out
@@ -213,18 +218,35 @@ class _Pass:
     baked: Stream = None
 
 
-def _probe(p: _Pass, i: int, xs: list[torch.Tensor], ref_out: list[torch.Tensor]) -> BlockCheck:
-    """Block ``i`` of the bake and of the source (hooked, plain) on the inputs ``xs`` of the reference stream."""
+def _probe(p: _Pass, first: int, last: int, xs: list[torch.Tensor], ref_out: list[torch.Tensor]) -> BlockCheck:
+    """Blocks ``first``..``last`` of the bake and of the source (hooked, plain) on the inputs ``xs`` of the
+    reference stream, one block resident at a time."""
     dt = p.S.dtype
-    with p.S.part(i) as blk:
-        hooked = [p.S.run_block(blk, i, x.to(dt), b.calls[i], p.hooked.steers_at(i)) for x, b in
-                  zip(xs, p.hooked.batches)]
-        plain = [p.S.run_block(blk, i, x.to(dt), b.calls[i], []) for x, b in zip(xs, p.plain.batches)]
-    with p.B.part(i) as blk:
-        baked = [p.B.run_block(blk, i, x.to(dt), b.calls[i], []) for x, b in zip(xs, p.baked.batches)]
+    hooked = plain = baked = [x.to(dt) for x in xs]
+    for i in range(first, last + 1):
+        with p.S.part(i) as blk:
+            hooked = [p.S.run_block(blk, i, x, b.calls[i], p.hooked.steers_at(i)) for x, b in
+                      zip(hooked, p.hooked.batches)]
+            plain = [p.S.run_block(blk, i, x, b.calls[i], []) for x, b in zip(plain, p.plain.batches)]
+        with p.B.part(i) as blk:
+            baked = [p.B.run_block(blk, i, x, b.calls[i], []) for x, b in zip(baked, p.baked.batches)]
     name = str(dt).removeprefix("torch.")
-    return BlockCheck(i, name, _max(zip(baked, hooked)), _max(zip(baked, ref_out)), _max(zip(hooked, ref_out)),
-                      _max(zip(hooked, plain)))
+    return BlockCheck(first, name, _max(zip(baked, hooked)), _max(zip(baked, ref_out)), _max(zip(hooked, ref_out)),
+                      _max(zip(hooked, plain)), last if last != first else None)
+
+
+def _spans(touched: set[int], steers: list[Steer], sites) -> dict[int, int]:
+    """First block -> last block of each span checked as one: a touched block alone, or a steer's block with the
+    next one where the site folds there (``next_block``), overlapping spans joined."""
+    spans = sorted([(i, i) for i in touched] + [(s.layer, s.layer + 1) for s in steers if sites[s.site].next_block])
+    out: dict[int, int] = {}
+    for a, b in spans:
+        prev = max(out, default=None)
+        if prev is not None and a <= out[prev]:
+            out[prev] = max(out[prev], b)
+        else:
+            out[a] = b
+    return out
 
 
 def _stream(p: _Pass, prompts: list[list[int]], forced: list[list[int]], touched: set[int], progress: bool):
@@ -233,21 +255,22 @@ def _stream(p: _Pass, prompts: list[list[int]], forced: list[list[int]], touched
 
     p.plain, p.hooked = prompts_stream(prompts), prompts_stream(prompts, p.steers)
     p.ref, p.baked = prompts_stream(prompts, p.steers), prompts_stream(prompts + forced)
-    checks = []
+    checks, spans, xs = [], _spans(touched, p.steers, p.S.arch.sites), None
+    ends = {b: a for a, b in spans.items()}
     with torch.no_grad():
         p.S.embed([p.plain, p.hooked])
         p.R.embed([p.ref])
         p.B.embed([p.baked])
         for i in bar(iterable=range(p.S.n_layers), desc="verify blocks", disable=not progress):
-            xs = [b.hidden.clone() for b in p.ref.batches] if i in touched else None
+            xs = [b.hidden.clone() for b in p.ref.batches] if i in spans else xs
             with p.R.part(i) as blk:
                 p.R.step(blk, i, [p.ref])
             with p.S.part(i) as blk:
                 p.S.step(blk, i, [p.plain, p.hooked])
             with p.B.part(i) as blk:
                 p.B.step(blk, i, [p.baked])
-            if xs is not None:
-                checks.append(_probe(p, i, xs, [b.hidden for b in p.ref.batches]))
+            if i in ends:
+                checks.append(_probe(p, ends[i], i, xs, [b.hidden for b in p.ref.batches]))
         out = {}
         for name, model, streams in (("S", p.S, [p.plain, p.hooked]), ("R", p.R, [p.ref]), ("B", p.B, [p.baked])):
             with model.part("head"):

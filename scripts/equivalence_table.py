@@ -23,7 +23,7 @@ from bakesteer.verify import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from oracle import steered  # noqa: E402  (tests/oracle.py: the independent hook)
-from tiny import CONFIGS, HIDDEN, VOCAB, WRAPPED, make_wrapped, save_model  # noqa: E402  (tests/tiny.py)
+from tiny import CONFIGS, HIDDEN, VOCAB, WRAPPED, make_wrapped, save_model, steerable  # noqa: E402  (tests/tiny.py)
 
 
 def _measure(src: Path, source, steers: list[Steer], prompts, work: Path, tag: str, family: str | None = None):
@@ -59,7 +59,8 @@ def main() -> None:
                 source.save_pretrained(work / name)
             else:
                 source = save_model(name, work / name).eval()
-            exact = exact_sites((WRAPPED.get(name) or CONFIGS[name])().to_dict())
+            cfg = (WRAPPED.get(name) or CONFIGS[name])().to_dict()
+            exact = exact_sites(cfg)
             for site in SITES:
                 if site not in exact:
                     print(f"| {name} | {site} | refused (not exact) | | | | | | |")
@@ -67,7 +68,8 @@ def main() -> None:
                 vecs = [torch.randn(HIDDEN, generator=g, dtype=torch.float64) for _ in range(3)]
                 one, o1 = _measure(work / name, source, [Steer(site, 1, vecs[0], 4.0)], prompts, work,
                                    f"{name}-{site}-1", name)
-                three, o3 = _measure(work / name, source, [Steer(site, L, v, 4.0) for L, v in zip((0, 2, 3), vecs)],
+                spread = steerable(cfg, site, (0, 2, 3))  # post-norm OPT's resid: not the last block
+                three, o3 = _measure(work / name, source, [Steer(site, L, v, 4.0) for L, v in zip(spread, vecs)],
                                      prompts, work, f"{name}-{site}-3", name)
                 same = "identical" if one.greedy_match and three.greedy_match else "DIFFERENT"
                 ok = "PASS" if one.passed and three.passed else "FAIL"

@@ -33,7 +33,7 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX",
                 "gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3", "olmo2": "OLMo2", "olmo3": "OLMo3",
                 "smollm3": "SmolLM3 (also relabelled Mistral, Ministral 3, Phi-3 with a sliding window)",
                 "starcoder2": "StarCoder2",
-                "phi": "Phi-2", "opt": "OPT", "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",
+                "phi": "Phi-2", "opt": "OPT", "opt_post_norm": "OPT post-norm (OPT-350m)", "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",
                 "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE (`attn_in`)", "gpt_oss": "GPT-OSS",
                 "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3", "seed_oss": "Seed-OSS",
                 **{MULTIMODAL + w: title for w, title in (

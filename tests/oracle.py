@@ -83,6 +83,13 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.decoder.layers.{L}.fc2", "output"),
         "resid": ("model.decoder.layers.{L}", "output"),
     },
+    "opt_post_norm": {  # x -> LN1(x + attn(x)) -> LN2(h + fc2(fc1(h))): no norm before attention or fc1
+        "attn_in": ("model.decoder.layers.{L}.self_attn", "input"),
+        "mlp_in": ("model.decoder.layers.{L}.fc1", "input"),
+        "attn_out": ("model.decoder.layers.{L}.self_attn", "output"),
+        "mlp_out": ("model.decoder.layers.{L}.fc2", "output"),
+        "resid": ("model.decoder.layers.{L}", "output"),
+    },
     "gptj": {  # parallel; q/k/v without bias: no attn_in
         "mlp_in": ("transformer.h.{L}.mlp", "input"),
         "attn_out": ("transformer.h.{L}.attn", "output"),

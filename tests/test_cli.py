@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, BloomConfig
 
 from bakesteer.cli import main
 from helpers import refused
-from tiny import HIDDEN, save_model
+from tiny import HIDDEN, LAYERS, save_model
 
 
 @pytest.fixture
@@ -59,14 +59,16 @@ def test_unsupported_architecture(tmp_path, capsys):
                       "-o", str(tmp_path / "o")], "model_type 'bloom' is not supported", tmp_path / "o", tmp_path)
 
 
-def test_post_norm_opt_is_refused_in_one_sentence(tmp_path, capsys):
-    model = save_model("opt", tmp_path / "opt")
-    cfg = json.loads((tmp_path / "opt" / "config.json").read_text())
-    (tmp_path / "opt" / "config.json").write_text(json.dumps({**cfg, "do_layer_norm_before": False}))
+def test_post_norm_opt_resid_of_the_last_block_is_refused_and_the_block_before_bakes(tmp_path, capsys):
+    """OPT-350m's post-norm blocks: resid of block L folds into block L+1, so the last block has no slot."""
+    save_model("opt_post_norm", tmp_path / "opt")
     v = _vec(tmp_path / "v.npy", np.ones(HIDDEN))
-    refused(capsys, ["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", "1",
-                      "-o", str(tmp_path / "o")], "do_layer_norm_before=false", tmp_path / "o", tmp_path)
-    del model
+    last = LAYERS - 1
+    refused(capsys, ["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", str(last),
+                      "-o", str(tmp_path / "o")], f"choose a block below {last}", tmp_path / "o", tmp_path)
+    assert main(["bake", "--model", str(tmp_path / "opt"), "--vector", v, "--layer", str(last - 1), "-o",
+                 str(tmp_path / "o")]) == 0
+    assert main(["verify", str(tmp_path / "o"), "--random-prompts"]) == 0
 
 
 def test_non_exact_site_names_the_sites_that_work(tmp_path, capsys):

@@ -36,7 +36,7 @@ TOL = 1e-4  # CTranslate2's CPU float32 kernels against torch's, tiny models: me
 SMOL_TOL = 2e-3  # the same on SmolLM2-135M, logits up to ~30: measured <= 1.3e-4 (tests/test_llamacpp.py's bound)
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 # the converter keeps every bias a bake writes (Mistral bakes, relabelled to Llama, go through LlamaLoader)
-KEPT = ["llama", "mistral", "phi3", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "gptj"]
+KEPT = ["llama", "mistral", "phi3", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "opt_post_norm", "gptj"]
 DROPPED = ["gemma", "gemma2"]  # converts, attention biases dropped
 REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "No conversion is registered"),
            "olmo2": (ValueError, "No conversion is registered"),

@@ -8,27 +8,30 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bakesteer.arch import exact_sites, fold_target
+from bakesteer.arch import exact_sites, fold_target, folds
 from bakesteer.bake import Item, bake
 from bakesteer.checkpoint import Checkpoint
 from bakesteer.configs import for_every_reader
 from bakesteer.hooks import Steer, steering
 from helpers import hooked_vs_baked, logits
-from tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model
+from tiny import CONFIGS, HIDDEN, VOCAB, make_model, save_model, steerable
 
 TOL = 1e-4
 EXPECTED_EXACT = {  # what the table must say; checked so a table edit cannot silently drop a site
     "gpt2": 5, "gpt_neox": 5, "gpt_neox_seq": 5, "llama": 5, "granite": 5, "mistral": 5, "qwen2": 5,
     "qwen3": 2, "gemma": 2, "gemma2": 2, "gemma3": 2, "olmo2": 2, "smollm3": 5, "starcoder2": 5, "phi": 5, "opt": 5,
+    "opt_post_norm": 5,
     "gptj": 4, "cohere": 4, "cohere2": 4, "mistral_window": 5, "qwen2_window": 5, "olmo3": 2, "qwen3_moe": 2,
     "qwen2_moe": 1, "gpt_oss": 5, "olmoe": 2, "glm4": 1, "deepseek_v3": 2, "phi3": 5, "phi3_window": 5,
     "phi3_longrope": 5, "seed_oss": 5, "ministral3": 5, "granite_swa": 5,
 }
+
+
 CASES = [
     (name, site, layers)
     for name in CONFIGS
     for site in exact_sites(CONFIGS[name]().to_dict())
-    for layers in ((1,), (0, 2, 3))
+    for layers in ((1,), steerable(CONFIGS[name]().to_dict(), site, (0, 2, 3)))
 ]
 
 
@@ -61,8 +64,10 @@ def test_fp32_baked_equals_hooked(tmp_path, name, site, layers):
     out = Checkpoint(tmp_path / "out")
     for key in recipe["tensors_added"]:
         t = out.read(key).astype(np.float64)
-        folded = any(f".{s.layer}." in key for s in steers) and any(
-            m in key for m in fold_target(CONFIGS[name]().to_dict(), site).site.fold)
+        target = fold_target(CONFIGS[name]().to_dict(), site)
+        shift = 1 if target.site.next_block else 0  # the fold sits in the next block
+        folded = any(f".{s.layer + shift}." in key for s in steers) and any(
+            m in key for m in folds(target.arch, target.site))
         assert bool(np.abs(t).sum() > 0) == folded, key
 
 

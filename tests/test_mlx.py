@@ -52,7 +52,7 @@ KEPT = ["llama", "granite", "mistral", "ministral3", "phi3", "qwen2", "olmo2", "
 REFUSED = ["qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe"]  # strict load: the q/k/v/o biases are "not in model"
 _GPT2_KEYS = (ValueError, r"parameters not in model: \nmodel\.transformer\.h\.0\.")
 FAMILY_REFUSED = {"gpt2": [_GPT2_KEYS]}
-NO_MODEL: list[str] = ["opt", "granite_swa"]  # families MLX-LM has no model for
+NO_MODEL: list[str] = ["opt", "opt_post_norm", "granite_swa"]  # families MLX-LM has no model for
 # read in the released layout only: GPT-OSS's sanitize splits MXFP4-packed experts (``*_blocks``/``*_scales``); the
 # unpacked (E, in, out) experts transformers saves are renamed without ".weight" and refused as not in the model
 PACKED_ONLY = ["gpt_oss"]

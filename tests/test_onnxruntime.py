@@ -58,7 +58,7 @@ NOT_BUILT = {"gpt2": (NotImplementedError, "is not currently supported"),
              "starcoder2": (NotImplementedError, "is not currently supported"),
              # builders/smollm.py fails on a NoPE block (every 4th in SmolLM3's default no_rope_layers)
              "smollm3": (KeyError, "position_ids"),
-             "opt": (NotImplementedError, "is not currently supported"),
+             **{f: (NotImplementedError, "is not currently supported") for f in ("opt", "opt_post_norm")},
              **{f: (NotImplementedError, "is not currently supported")
                 for f in ("gptj", "cohere", "cohere2", "olmo3", "qwen3_moe", "qwen2_moe", "olmoe", "glm4",
                           "deepseek_v3", "seed_oss", "granite_swa")}}

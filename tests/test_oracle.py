@@ -12,7 +12,7 @@ from bakesteer.arch import ARCHS, exact_sites, variant
 from bakesteer.bake import Item, bake
 from bakesteer.hooks import Steer, steering
 from oracle import SITES, steered
-from tiny import CONFIGS, HIDDEN, VOCAB, save_model
+from tiny import CONFIGS, HIDDEN, VOCAB, save_model, steerable
 
 TOL = 1e-4
 CASES = [(name, site) for name in CONFIGS for site in SITES[name]]
@@ -40,7 +40,7 @@ def test_the_oracle_and_the_table_name_the_same_exact_sites():
 
 
 def _bake_and_compare(root, source, name: str, site: str, tag: str, coef: float = 4.0) -> tuple[float, float]:
-    vecs = _vectors()
+    vecs = _vectors(steerable(CONFIGS[name]().to_dict(), site, (1, 3)))
     bake(root / name, [Item(Steer(site, L, v, coef), {}) for L, v in vecs.items()], root / tag, progress=False)
     baked = AutoModelForCausalLM.from_pretrained(root / tag, dtype=torch.float32, attn_implementation="eager").eval()
     with steered(source, name, site, vecs, coef):

@@ -94,6 +94,11 @@ CONFIGS = {
     "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
                              ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=HIDDEN,
                              tie_word_embeddings=False),
+    # OPT-350m's form: post-norm blocks, no final norm, embeddings projected in and out (512 <-> 1024 there)
+    "opt_post_norm": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                       num_attention_heads=4, ffn_dim=128, max_position_embeddings=256,
+                                       word_embed_proj_dim=HIDDEN // 2, do_layer_norm_before=False,
+                                       tie_word_embeddings=False),
     "gptj": lambda: GPTJConfig(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, rotary_dim=8,
                                n_positions=256, tie_word_embeddings=False),
     "cohere": lambda: CohereConfig(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2),
@@ -149,6 +154,17 @@ def make_wrapped(name: str, seed: int = 0, init: float = 0.2) -> torch.nn.Module
             if n.endswith(".bias"):
                 p.normal_(0, 0.1)
     return model
+
+
+def steerable(cfg: dict, site: str, blocks: tuple[int, ...]) -> tuple[int, ...]:
+    """``blocks``, with the last block swapped for a free one below it where the site folds into the next block
+    (post-norm OPT's resid: the last block has no slot)."""
+    from bakesteer.arch import find_arch
+
+    if not find_arch(cfg).sites[site].next_block or LAYERS - 1 not in blocks:
+        return blocks
+    free = max(b for b in range(LAYERS - 1) if b not in blocks)
+    return tuple(sorted(set(blocks) - {LAYERS - 1} | {free}))
 
 
 def make_model(name: str, seed: int = 0, dtype=torch.float32, init: float = 0.2, **config) -> torch.nn.Module:
