@@ -157,3 +157,27 @@ def test_bake_then_verify_passes_on_every_family(tmp_path, name, capsys):
     assert main(["verify", str(tmp_path / "out"), "-q", "--new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == 3 and "FAIL" not in out, out
+
+
+def test_post_norm_resid_is_checked_over_its_block_and_the_next(tmp_path):
+    """Post-norm OPT: resid of block 1 folds into block 2, so blocks 1-2 are one check; a bake that put it into
+    block 1's fc2 bias (as for a pre-norm block) fails that check."""
+    import dataclasses
+
+    from bakesteer.arch import ARCHS, Site, variant
+    from bakesteer.bake import Item, bake
+    from bakesteer.hooks import Steer
+
+    save_model("opt_post_norm", tmp_path / "src")
+    save_char_tokenizer(tmp_path / "src")
+    v = np.random.default_rng(0).normal(size=HIDDEN)
+    bake(tmp_path / "src", [Item(Steer("resid", 1, v, 4.0), {})], tmp_path / "out", progress=False)
+    _, report = verify(tmp_path / "out", new_tokens=4, progress=False)
+    assert report.passed and [(c.block, c.last) for c in report.blocks] == [(1, 2)]
+    assert report.blocks[0].effect > 100 * report.blocks[0].tolerance
+    real = ARCHS["opt_post_norm"]
+    wrong = dataclasses.replace(real, sites={**real.sites, "resid": Site("", ("fc2",), "direct")})
+    with variant(wrong):
+        bake(tmp_path / "src", [Item(Steer("resid", 1, v, 4.0), {})], tmp_path / "wrong", progress=False)
+    _, report = verify(tmp_path / "wrong", new_tokens=4, progress=False)
+    assert not report.passed and [(c.block, c.last, c.passed) for c in report.blocks] == [(1, 2, False)]
