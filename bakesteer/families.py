@@ -137,6 +137,11 @@ _DEEPSEEK_MLP = ("its MLP has no bias slots (the dense blocks' and the experts' 
                  "weights sum to routed_scaling_factor, not 1")
 
 
+_LLAMA4_FF = ("its feed-forward has no bias slots: the MoE blocks' router, routed experts and shared expert are built "
+              "without biases (and the router's sigmoid scores scale each expert's input), the dense blocks' MLP "
+              "with bias=False")
+
+
 def _deepseek_without_q_lora(cfg: Mapping) -> str | None:
     if cfg.get("q_lora_rank") is not None:
         return None
@@ -521,6 +526,21 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
             runtimes=_UNMEASURED,  # never written alone: a bake's runtime rows are its wrapper's (WRAPPERS)
         ) for name, cls in (("qwen2_5_vl_text", "Qwen2_5_VLTextModel"), ("qwen2_vl_text", "Qwen2VLTextModel"))),
+        Arch(  # Llama 4's text decoder: q/k/v/o under attention_bias (q/k norms, where used, act after them and RoPE)
+            "llama4_text", ("llama4_text",), ("Llama4ForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS,
+            {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook.replace("mlp", "feed_forward"), None, "direct",
+                                           why_not=_LLAMA4_FF) for s in ("mlp_in", "mlp_out", "resid")}},
+            _ATTENTION_GROUPS, defaults=_NO_ATTN_BIAS,
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(R, R, U), mlxlm=_g(R, R, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**{("llama.cpp", g): "llama.cpp's llama4 creates no q/k/v/o biases and refuses a checkpoint with "
+                                        "them" for g in QKV_O},
+                   **{("MLX-LM", g): "MLX-LM 0.32.2's llama4_text builds q/k/v/o with bias=False and its strict load "
+                                     "refuses the biases" for g in QKV_O},
+                   **_no_family("CTranslate2", "Llama 4", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "Llama 4", _NO_GENAI_BUILDER)},
+        ),
         Arch(  # Llama's block with its own flag for the o bias (q/k/v biases on by default, as released)
             "seed_oss", ("seed_oss",), ("SeedOssForCausalLM",), "model.layers", "linear",
             {**_LLAMA_LINEARS, _O: "attention_out_bias"}, _PRE_NORM_SITES, _LLAMA_GROUPS,

@@ -83,6 +83,10 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.decoder.layers.{L}.fc2", "output"),
         "resid": ("model.decoder.layers.{L}", "output"),
     },
+    "llama4_text": {  # pre-norm; its feed-forward (MoE or dense) has no bias: attention sites only
+        "attn_in": ("model.layers.{L}.input_layernorm", "output"),
+        "attn_out": ("model.layers.{L}.self_attn", "output"),
+    },
     "opt_post_norm": {  # x -> LN1(x + attn(x)) -> LN2(h + fc2(fc1(h))): no norm before attention or fc1
         "attn_in": ("model.decoder.layers.{L}.self_attn", "input"),
         "mlp_in": ("model.decoder.layers.{L}.fc1", "input"),

@@ -171,7 +171,8 @@ QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "
 # llama.cpp's runtime reads Cohere2's q/k/v biases (a GGUF bake runs), its converter refuses any non-zero bias
 CONVERTER_REFUSES_BIASES = ["cohere2"]
 NO_CONVERTER = ["opt", "opt_post_norm", "gptj"]  # llama.cpp has no such architecture
-RUNTIME_REFUSES_BIASES = ["deepseek_v3"]  # its deepseek2 creates no q_a/kv_a/o bias: any bake refused, source runs
+RUNTIME_REFUSES_BIASES = ["deepseek_v3", "llama4_text"]  # no q_a/kv_a/o (deepseek2), no q/k/v/o (llama4) biases:
+# any bake refused, source runs
 NATIVE_QKV = ["qwen2_moe", "glm4", "seed_oss"]  # q/k/v biases the source has: an attn_in bake changes them in place
 # of those, families whose o and MLP biases a bake can switch on and llama.cpp refuses (no such tensors)
 NATIVE_QKV_ONLY = ["seed_oss"]

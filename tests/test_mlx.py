@@ -35,7 +35,7 @@ from bakesteer.hooks import Steer
 from helpers import hf_logits as _hf
 from helpers import max_diff as _max
 from helpers import long_rope_as_read, runtime_runs_the_smollm2_bake, the_table_says
-from tiny import CONFIGS, HIDDEN, make_model
+from tiny import CONFIGS, HIDDEN, LAYERS, make_model
 
 mx = pytest.importorskip("mlx.core", reason="MLX-LM runs on the CPU with `pip install 'mlx[cpu]' mlx-lm`")
 mlx_utils = pytest.importorskip("mlx_lm.utils")
@@ -49,7 +49,8 @@ PROMPTS = ["I hate you because", "The weather today is", "Write a short note to 
 # every bias group a bake writes runs in MLX-LM (Mistral bakes, and Qwen2 bakes outside q/k/v, are written as Llama)
 KEPT = ["llama", "granite", "mistral", "ministral3", "phi3", "qwen2", "olmo2", "gpt_neox", "phi", "smollm3",
         "starcoder2", "gptj", "cohere", "cohere2", "olmo3", "qwen2_moe", "olmoe", "glm4", "deepseek_v3", "seed_oss"]
-REFUSED = ["qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe"]  # strict load: the q/k/v/o biases are "not in model"
+# strict load: the q/k/v/o biases are "not in model"
+REFUSED = ["qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe", "llama4_text"]
 _GPT2_KEYS = (ValueError, r"parameters not in model: \nmodel\.transformer\.h\.0\.")
 FAMILY_REFUSED = {"gpt2": [_GPT2_KEYS]}
 NO_MODEL: list[str] = ["opt", "opt_post_norm", "granite_swa"]  # families MLX-LM has no model for
@@ -60,11 +61,14 @@ PACKED_ONLY = ["gpt_oss"]
 # real models do), Gemma2 has no sliding window (1.9 off with a window of 8), Gemma3's masks take block 5 (fewer
 # blocks: IndexError), GPT-NeoX builds a 4x MLP whatever intermediate_size says and uses the tanh GELU (1.7e-3
 # off transformers' default exact GELU), StarCoder2 uses the exact GELU (1.3e-3 off its default tanh form), Cohere
-# and Cohere2 always tie the output embedding (as the released models do)
+# and Cohere2 always tie the output embedding (as the released models do), Llama 4 text has no MoE blocks there
 FIT = {"gemma": dict(tie_word_embeddings=True), "gemma2": dict(tie_word_embeddings=True, sliding_window=64),
        "gemma3": dict(num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"]),
        "gpt_neox": dict(intermediate_size=4 * HIDDEN, hidden_act="gelu_new"), "starcoder2": dict(hidden_act="gelu"),
-       "cohere": dict(tie_word_embeddings=True), "cohere2": dict(tie_word_embeddings=True)}
+       "cohere": dict(tie_word_embeddings=True), "cohere2": dict(tie_word_embeddings=True),
+       # MLX-LM's llama4_text is the dense, tied form (MobileLLM-R1, RoPE in every block; MLX-LM also norms q/k in a
+       # NoPE block, transformers does not: 0.51 off there); Llama 4's MoE decoder is in its llama4 wrapper
+       "llama4_text": dict(moe_layers=[], tie_word_embeddings=True, no_rope_layers=[1] * LAYERS)}
 
 
 def _sites(names) -> list[tuple[str, str]]:

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
-                          GraniteConfig, GraniteSWAConfig, LlamaConfig, LlavaConfig, Ministral3Config, Mistral3Config,
+                          GraniteConfig, GraniteSWAConfig, Llama4TextConfig, LlamaConfig, LlavaConfig,
+                          Ministral3Config, Mistral3Config,
                           MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig,
                           Qwen2_5_VLConfig,
                           Qwen2Config, Qwen2MoeConfig, Qwen2VLConfig, Qwen3Config, Qwen3MoeConfig, SeedOssConfig,
@@ -99,6 +100,11 @@ CONFIGS = {
                                        num_attention_heads=4, ffn_dim=128, max_position_embeddings=256,
                                        word_embed_proj_dim=HIDDEN // 2, do_layer_norm_before=False,
                                        tie_word_embeddings=False),
+    # Llama 4 text: MoE blocks (router, experts, shared expert) interleaved with dense ones, a NoPE block, q/k norms
+    "llama4_text": lambda: Llama4TextConfig(**_COMMON, head_dim=16, intermediate_size_mlp=128, num_local_experts=4,
+                                            num_experts_per_tok=1, interleave_moe_layer_step=2,
+                                            attention_chunk_size=128, pad_token_id=0, bos_token_id=1,
+                                            eos_token_id=2),
     "gptj": lambda: GPTJConfig(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, rotary_dim=8,
                                n_positions=256, tie_word_embeddings=False),
     "cohere": lambda: CohereConfig(**_COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2),
