@@ -647,4 +647,13 @@ WRAPPERS: Mapping[str, Wrapper] = MappingProxyType({
                                       onnxruntime=("qkv",)),
                         notes={**_no_family("CTranslate2", "Qwen2-VL", _NOT_CT2),
                                **_no_family("ONNX Runtime", "Qwen2-VL", _NOT_ORT)}),
+    # Llama 4 (Scout, Maverick) as released: its text decoder is a Llama4ForCausalLM at language_model
+    "llama4": Wrapper(("llama4",), "llama4_text", prefix="language_model.model", measured_text="llama4_text",
+                      runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(R, R, U), mlxlm=_g(Y, Y, U),
+                                                          ctranslate2=_g(R, R, U), onnxruntime=_g(R, R, U))},
+                      measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+                      notes={**{("llama.cpp", g): "llama.cpp's llama4 creates no q/k/v/o biases and refuses a "
+                                                  "checkpoint with them" for g in QKV_O},
+                             **_no_family("CTranslate2", "Llama 4", _NOT_CT2),
+                             **_no_family("ONNX Runtime", "Llama 4", _NOT_ORT)}),
 })

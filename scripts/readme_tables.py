@@ -43,7 +43,8 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX",
                     ("llava", "LLaVA (`llava`, a Llama decoder)"),
                     ("mistral3", "Mistral 3 (`mistral3`, its decoder relabelled to Llama)"),
                     ("qwen2_5_vl", "Qwen2.5-VL (`qwen2_5_vl`, `attn_in`)"),
-                    ("qwen2_vl", "Qwen2-VL (`qwen2_vl`, `attn_in`)"))}}
+                    ("qwen2_vl", "Qwen2-VL (`qwen2_vl`, `attn_in`)"),
+                    ("llama4", "Llama 4 (`llama4`, `attn_in`, `attn_out`)"))}}
 VERBS = {"ignored": ("ignores", "ignore"), "refused": ("refuses", "refuse"), "unknown": ("not checked", "not checked")}
 
 

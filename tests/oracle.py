@@ -106,7 +106,7 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.layers.{L}.mlp", "output"),
         "resid": ("model.layers.{L}", "output"),
     } for name in ("cohere", "cohere2")},
-    # multimodal wrappers: the text decoder's blocks are model.language_model.layers.N in each
+    # multimodal wrappers: the text decoder's blocks are model.language_model.layers.N in each (Llama 4: below)
     "gemma3_mm": {  # Gemma 3 text: attention sites only (no MLP bias, a norm after each sublayer)
         "attn_in": ("model.language_model.layers.{L}.input_layernorm", "output"),
         "attn_out": ("model.language_model.layers.{L}.self_attn", "output"),
@@ -120,6 +120,10 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
     } for name in ("llava", "mistral3", "mistral3_window", "ministral3_mm")},
     **{name: {"attn_in": ("model.language_model.layers.{L}.input_layernorm", "output")}  # o, MLP: no bias
        for name in ("qwen2_5_vl", "qwen2_vl")},
+    "llama4_mm": {  # Llama 4: its text decoder is a Llama4ForCausalLM at language_model (blocks at .model.layers)
+        "attn_in": ("language_model.model.layers.{L}.input_layernorm", "output"),
+        "attn_out": ("language_model.model.layers.{L}.self_attn", "output"),
+    },
 }
 
 

@@ -40,23 +40,25 @@ FIT = {"gemma3_mm": (dict(tie_word_embeddings=True, vocab_size=TEXT["vocab_size"
        **{w: (dict(tie_word_embeddings=False), dict(tie_word_embeddings=False))
           for w in ("qwen2_5_vl", "qwen2_vl")}}
 WRAPPER = {"gemma3_mm": "gemma3", "llava": "llava", "mistral3": "mistral3", "qwen2_5_vl": "qwen2_5_vl",
-           "qwen2_vl": "qwen2_vl"}
+           "qwen2_vl": "qwen2_vl", "llama4_mm": "llama4"}
 SITES = {"gemma3_mm": ["attn_in", "attn_out"], "qwen2_5_vl": ["attn_in"], "qwen2_vl": ["attn_in"],
+         "llama4_mm": ["attn_in", "attn_out"],
          **{w: ["attn_in", "attn_out", "mlp_in"] for w in ("llava", "mistral3")}}  # one site per bias group
 GROUP = {"attn_in": "qkv", "attn_out": "o", "mlp_in": "mlp"}
 Y, R = "yes", "refused"
 VERDICT = {  # runtime -> wrapper -> bias group -> verdict
     "llama.cpp": {"gemma3_mm": {"qkv": Y, "o": R}, "llava": dict.fromkeys(("qkv", "o", "mlp"), Y),
                   "mistral3": dict.fromkeys(("qkv", "o", "mlp"), Y), "qwen2_5_vl": {"qkv": Y},
-                  "qwen2_vl": {"qkv": Y}},
+                  "qwen2_vl": {"qkv": Y}, "llama4_mm": {"qkv": R, "o": R}},
     "MLX-LM": {"gemma3_mm": {"qkv": R, "o": R}, "llava": dict.fromkeys(("qkv", "o", "mlp"), Y),
-               "mistral3": dict.fromkeys(("qkv", "o", "mlp"), Y), "qwen2_5_vl": {"qkv": Y}, "qwen2_vl": {"qkv": Y}},
+               "mistral3": dict.fromkeys(("qkv", "o", "mlp"), Y), "qwen2_5_vl": {"qkv": Y}, "qwen2_vl": {"qkv": Y},
+               "llama4_mm": {"qkv": Y, "o": Y}},
     "CTranslate2": {"gemma3_mm": {"qkv": Y, "o": Y}, "llava": dict.fromkeys(("qkv", "o", "mlp"), R),
                     "mistral3": dict.fromkeys(("qkv", "o", "mlp"), R), "qwen2_5_vl": {"qkv": R},
-                    "qwen2_vl": {"qkv": R}},
+                    "qwen2_vl": {"qkv": R}, "llama4_mm": {"qkv": R, "o": R}},
     "ONNX Runtime": {"gemma3_mm": {"qkv": R, "o": R}, "llava": dict.fromkeys(("qkv", "o", "mlp"), R),
                      "mistral3": dict.fromkeys(("qkv", "o", "mlp"), Y), "qwen2_5_vl": {"qkv": Y},
-                     "qwen2_vl": {"qkv": R}},
+                     "qwen2_vl": {"qkv": R}, "llama4_mm": {"qkv": R, "o": R}},
 }
 CASES = [(rt, w, s) for rt in VERDICT for w in SITES for s in SITES[w]]
 

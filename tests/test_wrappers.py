@@ -101,7 +101,7 @@ def test_mistral3_is_relabelled_inside_its_text_config_to_llama_or_with_a_window
     assert text["model_type"] == "smollm3" and text["sliding_window"] == 8 and text["attention_bias"] is True
 
 
-@pytest.mark.parametrize("name", ["gemma3_mm", "qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["gemma3_mm", "qwen2_5_vl", "llama4_mm"])
 def test_the_cli_bakes_verifies_and_unbakes_a_wrapper(sources, tmp_path, capsys, name):
     root, _ = sources
     np.save(tmp_path / "v.npy", _vectors()[1].numpy())
@@ -129,7 +129,7 @@ def test_a_wrapper_whose_text_decoder_is_not_in_the_table_is_refused_in_one_sent
         find_arch({"model_type": "llava", "text_config": {"model_type": "internlm2"}})
 
 
-@pytest.mark.parametrize("name", ["gemma3_mm", "llava", "qwen2_5_vl", "mistral3", "mistral3_window"])
+@pytest.mark.parametrize("name", ["gemma3_mm", "llava", "qwen2_5_vl", "mistral3", "mistral3_window", "llama4_mm"])
 def test_the_in_memory_bake_equals_the_streamed_one(sources, tmp_path, name):
     from bakesteer.inmemory import bake_model
 

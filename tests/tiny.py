@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
-                          GraniteConfig, GraniteSWAConfig, Llama4TextConfig, LlamaConfig, LlavaConfig,
+                          GraniteConfig, GraniteSWAConfig, Llama4Config, Llama4TextConfig, LlamaConfig, LlavaConfig,
                           Ministral3Config, Mistral3Config,
                           MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig,
                           Qwen2_5_VLConfig,
@@ -142,6 +142,17 @@ WRAPPED = {
     "ministral3_mm": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="ministral3", head_dim=16,
                                                              rope_parameters=MINISTRAL3_ROPE),
                                             vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
+    # Llama 4 as released: MoE and dense blocks, a NoPE block, chunked attention, llama3 RoPE scaling (its text
+    # decoder at language_model)
+    "llama4_mm": lambda: Llama4Config(
+        text_config=dict(_TEXT, model_type="llama4_text", head_dim=16, intermediate_size_mlp=128,
+                         rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=16.0,
+                                              low_freq_factor=1.0, high_freq_factor=1.0,
+                                              original_max_position_embeddings=8192),
+                         num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+                         attention_chunk_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(_VISION, vision_output_dim=16, projector_input_dim=16, projector_output_dim=HIDDEN,
+                           pixel_shuffle_ratio=0.5)),
     "mistral3_window": lambda: Mistral3Config(text_config=dict(_TEXT, model_type="mistral", sliding_window=8),
                                               vision_config=dict(_VISION, model_type="pixtral", head_dim=8)),
 }
