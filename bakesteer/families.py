@@ -526,6 +526,17 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**{m: NEVER for m in _LLAMA_LINEARS}, **{m: ALWAYS for m in _QKV}}, _PRE_NORM_SITES, _LLAMA_GROUPS,
             runtimes=_UNMEASURED,  # never written alone: a bake's runtime rows are its wrapper's (WRAPPERS)
         ) for name, cls in (("qwen2_5_vl_text", "Qwen2_5_VLTextModel"), ("qwen2_vl_text", "Qwen2VLTextModel"))),
+        Arch(  # Granite's multipliers around a mixture of experts (stored input_linear/output_linear, no biases)
+            "granitemoe", ("granitemoe",), ("GraniteMoeForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS,
+            {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook.replace("mlp", "block_sparse_moe"), None, "direct",
+                                           why_not=_MOE) for s in ("mlp_in", "mlp_out", "resid")}},
+            _ATTENTION_GROUPS, defaults={**_NO_ATTN_BIAS, "residual_multiplier": 1.0},
+            runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, Y, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
+                                                onnxruntime=_g(R, R, U))},
+            measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),
+            notes={**_no_family("CTranslate2", "GraniteMoE", _NO_CT2_LOADER),
+                   **_no_family("ONNX Runtime", "GraniteMoE", _NO_GENAI_BUILDER)},
+        ),
         Arch(  # Llama 4's text decoder: q/k/v/o under attention_bias (q/k norms, where used, act after them and RoPE)
             "llama4_text", ("llama4_text",), ("Llama4ForCausalLM",), "model.layers", "linear", _ATTENTION_LINEARS,
             {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook.replace("mlp", "feed_forward"), None, "direct",

@@ -26,27 +26,38 @@ def _conversions(model_type: str) -> list:
     return get_checkpoint_conversion_mapping(model_type) or []
 
 
+def _literal(pattern: str) -> str | None:
+    """The name a renaming's source pattern matches when it is a plain dotted name (dots escaped or not)."""
+    literal = pattern.replace(r"\.", ".")
+    return literal if re.escape(literal) in (pattern, pattern.replace(".", r"\.")) else None
+
+
 def _renamed_prefixes(prefix: str, conversions: list) -> list[str]:
     """``prefix`` and its stored forms under the literal renamings (Mixtral stores ``.mlp.`` as
-    ``.block_sparse_moe.``)."""
+    ``.block_sparse_moe.``, GraniteMoE ``block_sparse_moe.experts.gate_up_proj`` as ``...input_linear.weight``)."""
     out = [prefix]
     for c in conversions:
         if type(c).__name__ != "WeightRenaming":
             continue
         for src, tgt in zip(c.source_patterns, c.target_patterns):
-            if re.escape(src) == src.replace(".", r"\.") and tgt in prefix:  # a plain dotted name, no regex
-                out.append(prefix.replace(tgt, src))
+            literal = _literal(src)
+            if literal is not None and tgt in prefix:
+                out.append(prefix.replace(tgt, literal))
     return out
 
 
 def merged(name: str, model_type: str, keys: set[str], read: Read) -> torch.Tensor | None:
-    """Parameter ``name`` built from its stored experts as transformers' conversion for ``model_type`` does, or
-    None when no conversion of that family makes it (or its stored tensors are not all there)."""
+    """Parameter ``name`` read as transformers' conversion for ``model_type`` reads it (a stored tensor under its
+    older name, or the stored experts merged), or None when no conversion of that family makes it (or its stored
+    tensors are not all there)."""
     if name + BLOCKS in keys and name + SCALES in keys:
         from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
         return convert_moe_packed_tensors(read(name + BLOCKS), read(name + SCALES), dtype=torch.float32)
     conversions = _conversions(model_type)
+    for stored in _renamed_prefixes(name, conversions)[1:]:  # renamed whole (GraniteMoE's experts and router)
+        if stored in keys:
+            return read(stored)
     for c in conversions:
         if type(c).__name__ != "WeightConverter":
             continue

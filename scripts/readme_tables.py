@@ -37,7 +37,7 @@ FAMILY_TITLE = {"gpt2": "GPT-2", "gpt_neox": "GPT-NeoX",
                 "gptj": "GPT-J", "cohere": "Cohere", "cohere2": "Cohere2",
                 "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE (`attn_in`)", "gpt_oss": "GPT-OSS",
                 "olmoe": "OLMoE", "glm4": "GLM4 (`attn_in`)", "deepseek_v3": "DeepSeek-V3", "seed_oss": "Seed-OSS",
-                "llama4_text": "Llama 4 text",
+                "llama4_text": "Llama 4 text", "granitemoe": "GraniteMoE",
                 **{MULTIMODAL + w: title for w, title in (
                     ("gemma3", "Gemma 3 multimodal (`gemma3`, its Gemma 3 decoder)"),
                     ("llava", "LLaVA (`llava`, a Llama decoder)"),

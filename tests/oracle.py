@@ -83,6 +83,10 @@ SITES: dict[str, dict[str, tuple[str, str]]] = {
         "mlp_out": ("model.decoder.layers.{L}.fc2", "output"),
         "resid": ("model.decoder.layers.{L}", "output"),
     },
+    "granitemoe": {  # pre-norm; the experts and router have no bias: attention sites only
+        "attn_in": ("model.layers.{L}.input_layernorm", "output"),
+        "attn_out": ("model.layers.{L}.self_attn", "output"),
+    },
     "llama4_text": {  # pre-norm; its feed-forward (MoE or dense) has no bias: attention sites only
         "attn_in": ("model.layers.{L}.input_layernorm", "output"),
         "attn_out": ("model.layers.{L}.self_attn", "output"),

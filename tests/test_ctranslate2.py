@@ -45,7 +45,7 @@ REFUSED = {"gpt_neox": (AttributeError, "rotary_pct"), "granite": (ValueError, "
            **{f: (ValueError, "No conversion is registered") for f in ("cohere", "cohere2", "olmo3", "qwen3_moe",
                                                                         "qwen2_moe", "gpt_oss", "olmoe",
                                                                         "glm4", "deepseek_v3", "seed_oss",
-                                                                        "granite_swa", "llama4_text")},
+                                                                        "granite_swa", "llama4_text", "granitemoe")},
            "phi": (AttributeError, "n_layer"),  # its PhiLoader reads config.n_layer, which PhiConfig does not have
            "ministral3": (ValueError, "No conversion is registered")}  # and its bake: test_..._refuses_a_yarn_llama
 # relabelled families whose source CTranslate2 cannot convert (the bake, written as Llama, it can): the steer's

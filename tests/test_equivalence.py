@@ -20,7 +20,7 @@ TOL = 1e-4
 EXPECTED_EXACT = {  # what the table must say; checked so a table edit cannot silently drop a site
     "gpt2": 5, "gpt_neox": 5, "gpt_neox_seq": 5, "llama": 5, "granite": 5, "mistral": 5, "qwen2": 5,
     "qwen3": 2, "gemma": 2, "gemma2": 2, "gemma3": 2, "olmo2": 2, "smollm3": 5, "starcoder2": 5, "phi": 5, "opt": 5,
-    "opt_post_norm": 5, "llama4_text": 2,
+    "opt_post_norm": 5, "llama4_text": 2, "granitemoe": 2,
     "gptj": 4, "cohere": 4, "cohere2": 4, "mistral_window": 5, "qwen2_window": 5, "olmo3": 2, "qwen3_moe": 2,
     "qwen2_moe": 1, "gpt_oss": 5, "olmoe": 2, "glm4": 1, "deepseek_v3": 2, "phi3": 5, "phi3_window": 5,
     "phi3_longrope": 5, "seed_oss": 5, "ministral3": 5, "granite_swa": 5,

@@ -167,6 +167,7 @@ def test_qwen2_and_gpt2_gguf_bakes_run_in_llamacpp_as_transformers_hooks(tmp_pat
 # Families whose converted bakes run in llama.cpp with every bias group; families whose llama.cpp architecture
 # creates the q/k/v biases but no attention-output bias (attention_bias switches all four on in transformers).
 EVERY_GROUP = ["gpt2", "gpt_neox", "granite", "starcoder2", "phi", "gpt_oss"]
+ATTENTION_ONLY = ["granitemoe"]  # no MLP bias slots (experts): both attention groups run
 QKV_ONLY = ["qwen3", "gemma", "gemma2", "gemma3", "olmo2", "olmo3", "smollm3", "cohere", "qwen3_moe", "olmoe"]
 # llama.cpp's runtime reads Cohere2's q/k/v biases (a GGUF bake runs), its converter refuses any non-zero bias
 CONVERTER_REFUSES_BIASES = ["cohere2"]
@@ -259,6 +260,7 @@ def _zero_biases(path) -> set[str]:
 @pytest.mark.parametrize("family,site", [*((f, s) for f in EVERY_GROUP if f != "granite"
                                             for s in ("attn_in", "mlp_in", "attn_out", "resid")),
                                          ("granite", "attn_out"),  # Granite's other groups: the test above
+                                         *((f, s) for f in ATTENTION_ONLY for s in ("attn_in", "attn_out")),
                                          *((f, "attn_in") for f in NATIVE_QKV)])  # their q/k/v biases exist
 def test_converted_tiny_bake_runs_in_llamacpp(tmp_path, converted, family, site):
     """One site per bias group (mlp_out writes resid's tensor). A bake converted by llama.cpp's converter gives
@@ -317,6 +319,7 @@ def test_the_table_marks_these_families_measured_in_llamacpp():
                                  **{f: {"qkv": "yes"} for f in NATIVE_QKV if f not in NATIVE_QKV_ONLY},
                                  **{f: {"qkv": "yes", "o": "refused", "mlp": "refused"} for f in NATIVE_QKV_ONLY},
                                  **{f: "yes" for f in EVERY_GROUP},
+                                 **{f: {"qkv": "yes", "o": "yes"} for f in ATTENTION_ONLY},
                                  **{f: {"qkv": "yes", "o": "refused"} for f in QKV_ONLY if f != "smollm3"},
                                  "smollm3": {"qkv": "yes", "o": "refused", "mlp": "refused"},
                                  **{f: "refused" for f in NO_CONVERTER},

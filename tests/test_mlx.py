@@ -48,7 +48,8 @@ THETA = 500000.0  # not MLX-LM's fallback of 10000, so a lost rope_theta shows
 PROMPTS = ["I hate you because", "The weather today is", "Write a short note to a colleague."]
 # every bias group a bake writes runs in MLX-LM (Mistral bakes, and Qwen2 bakes outside q/k/v, are written as Llama)
 KEPT = ["llama", "granite", "mistral", "ministral3", "phi3", "qwen2", "olmo2", "gpt_neox", "phi", "smollm3",
-        "starcoder2", "gptj", "cohere", "cohere2", "olmo3", "qwen2_moe", "olmoe", "glm4", "deepseek_v3", "seed_oss"]
+        "starcoder2", "gptj", "cohere", "cohere2", "olmo3", "qwen2_moe", "olmoe", "glm4", "deepseek_v3", "seed_oss",
+        "granitemoe"]
 # strict load: the q/k/v/o biases are "not in model"
 REFUSED = ["qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe", "llama4_text"]
 _GPT2_KEYS = (ValueError, r"parameters not in model: \nmodel\.transformer\.h\.0\.")

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from bakesteer.arch import APPROX_PRE_NORM, ARCHS, NEVER, Arch, variant
 from transformers import (CohereConfig, Cohere2Config, DeepseekV3Config, GemmaConfig, Gemma2Config, Gemma3Config,
                           Gemma3TextConfig, Glm4Config, GPT2Config, GPTJConfig, GPTNeoXConfig, GptOssConfig,
-                          GraniteConfig, GraniteSWAConfig, Llama4Config, Llama4TextConfig, LlamaConfig, LlavaConfig,
+                          GraniteConfig, GraniteMoeConfig, GraniteSWAConfig, Llama4Config, Llama4TextConfig,
+                          LlamaConfig, LlavaConfig,
                           Ministral3Config, Mistral3Config,
                           MistralConfig, Olmo2Config, Olmo3Config, OlmoeConfig, OPTConfig, Phi3Config, PhiConfig,
                           Qwen2_5_VLConfig,
@@ -100,6 +101,10 @@ CONFIGS = {
                                        num_attention_heads=4, ffn_dim=128, max_position_embeddings=256,
                                        word_embed_proj_dim=HIDDEN // 2, do_layer_norm_before=False,
                                        tie_word_embeddings=False),
+    # GraniteMoE: Granite's multipliers around a top-k softmax mixture of experts
+    "granitemoe": lambda: GraniteMoeConfig(**_COMMON, residual_multiplier=0.22, embedding_multiplier=12.0,
+                                           attention_multiplier=0.0078125, logits_scaling=8.0, num_local_experts=4,
+                                           num_experts_per_tok=2),
     # Llama 4 text: MoE blocks (router, experts, shared expert) interleaved with dense ones, a NoPE block, q/k norms
     "llama4_text": lambda: Llama4TextConfig(**_COMMON, head_dim=16, intermediate_size_mlp=128, num_local_experts=4,
                                             num_experts_per_tok=1, interleave_moe_layer_step=2,
