@@ -531,6 +531,7 @@ ARCHS: Mapping[str, Arch] = MappingProxyType({
             {**_PRE_NORM_SITES, **{s: Site(_PRE_NORM_SITES[s].hook.replace("mlp", "block_sparse_moe"), None, "direct",
                                            why_not=_MOE) for s in ("mlp_in", "mlp_out", "resid")}},
             _ATTENTION_GROUPS, defaults={**_NO_ATTN_BIAS, "residual_multiplier": 1.0},
+            gguf=Gguf("granitemoe", {m: _LLAMA_GGUF_NAMES[m] for m in (*_QKV, _O)}, _GGUF_DIMS),
             runtimes={**_UNMEASURED, **_rt_only(llamacpp=_g(Y, Y, U), mlxlm=_g(Y, Y, U), ctranslate2=_g(R, R, U),
                                                 onnxruntime=_g(R, R, U))},
             measured=_ran(llamacpp=QKV_O, mlxlm=QKV_O, ctranslate2=QKV_O, onnxruntime=QKV_O),

@@ -97,4 +97,4 @@ def test_find_arch_refuses_in_one_sentence():
         find_arch(gguf="phi3")
     assert {find_arch(gguf=a.gguf.name).name for a in ARCHS.values() if a.gguf} == {
         "llama", "gpt2", "gpt_neox", "granite", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "smollm3",
-        "starcoder2", "phi", "cohere", "cohere2", "qwen3_moe", "qwen2_moe", "olmoe", "glm4", "seed_oss"}
+        "starcoder2", "phi", "cohere", "cohere2", "qwen3_moe", "qwen2_moe", "olmoe", "glm4", "seed_oss", "granitemoe"}

@@ -37,6 +37,7 @@ CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reord
     "llama": ("model.layers", _LLAMA, "rope", False, {}),
     "smollm3": ("model.layers", _LLAMA, "rope", False, {}),  # llama.cpp has only its q/k/v biases
     "granite": ("model.layers", _LLAMA, "rope", False, {"residual_scale": "residual_multiplier"}),
+    "granitemoe": ("model.layers", _LLAMA, "rope", False, {}),  # its attention biases (the experts have none)
     **{f: ("model.layers", _LLAMA, None, False, {}) for f in _QKV_ONLY},
     "gpt2": ("transformer.h", {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up",
                                "mlp.c_proj": "ffn_down"}, None, True, {}),
@@ -50,7 +51,8 @@ CONVERTER = {  # family -> (prefix of the blocks, module -> GGUF name, row reord
 # llama.cpp's architecture name where it is not the family's
 GGUF_NAME = {"gpt_neox": "gptneox", "phi": "phi2", "cohere": "command-r", "qwen3_moe": "qwen3moe",
              "qwen2_moe": "qwen2moe"}
-GGUF_SITES = {"llama": 5, "granite": 5, "gpt2": 5, "gpt_neox": 5, "starcoder2": 5, "phi": 5, "smollm3": 1,
+GGUF_SITES = {"llama": 5, "granite": 5, "granitemoe": 2, "gpt2": 5, "gpt_neox": 5, "starcoder2": 5, "phi": 5,
+              "smollm3": 1,
               **{f: 1 for f in _QKV_ONLY}}
 
 

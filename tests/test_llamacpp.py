@@ -299,6 +299,7 @@ def test_llamacpp_reads_qkv_biases_and_refuses_an_o_bias(tmp_path, converted, fa
 
 
 @pytest.mark.parametrize("family,site", [*((f, "attn_in") for f in [*QKV_ONLY, *CONVERTER_REFUSES_BIASES, *NATIVE_QKV]),
+                                         *((f, s) for f in ATTENTION_ONLY for s in ("attn_in", "attn_out")),
                                          *((f, s) for f in ("gpt_neox", "starcoder2", "phi")
                                            for s in ("attn_in", "mlp_in", "attn_out", "resid"))])
 def test_gguf_bake_of_a_converted_tiny_model_runs_as_transformers_hooks(tmp_path, converted, family, site):
