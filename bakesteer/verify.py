@@ -66,8 +66,12 @@ class BlockCheck(_Tolerated):
     last: int | None = None  # a span's last block: a steer a post-norm block passes to the next (resid@L -> L+1)
 
     @property
+    def span(self) -> str:
+        return str(self.block) if self.last is None else f"{self.block}-{self.last}"
+
+    @property
     def name(self) -> str:
-        return f"block {self.block}" if self.last is None else f"blocks {self.block}-{self.last}"
+        return f"block{'' if self.last is None else 's'} {self.span}"
 
     @property
     def passed(self) -> bool:
@@ -120,7 +124,7 @@ class Report(_Tolerated):
                            "(not the recorded hash)")
         if self.blocks:
             worst = max(self.blocks, key=lambda c: min(c.max_abs_diff, c.ref_diff) / c.tolerance)
-            failed = [c.name.split(" ", 1)[1] for c in self.blocks if not c.passed]
+            failed = [c.span for c in self.blocks if not c.passed]
             out.append(f"{'PASS' if not failed else 'FAIL'}  blocks: {len(self.blocks)} touched block(s) "
                        f"{'reproduce' if not failed else 'do not all reproduce'} hook steering on their real inputs "
                        f"(worst: {worst.name}, max |Δ| {min(worst.max_abs_diff, worst.ref_diff):.3g}, "
