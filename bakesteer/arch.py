@@ -62,11 +62,17 @@ def find_arch(cfg: Mapping | None = None, *, gguf: str | None = None) -> Arch:
     wrapper = wrapper_of(model_type)
     if wrapper is not None:
         return _inside(WRAPPERS[wrapper], cfg)
-    found = next((a for a in _entries() if model_type in a.model_types and a.when(a.config(cfg))), None)
+    found = _entry(cfg)
     if found is None:
         known = ", ".join(sorted({t for a in ARCHS.values() for t in a.model_types}))
         raise BakesteerError(f"model_type {model_type!r} is not supported; bakesteer supports: {known}.")
     return found
+
+
+def _entry(cfg: Mapping | None) -> Arch | None:
+    """The entry of the table that describes ``cfg``: its model type, and the form of it (``Arch.when``)."""
+    model_type = (cfg or {}).get("model_type")
+    return next((a for a in _entries() if model_type in a.model_types and a.when(a.config(cfg))), None)
 
 
 def wrapper_of(model_type: str | None) -> str | None:
@@ -237,8 +243,7 @@ _SV_NAMES = {"decoder_block": ("",), "self_attn": ("attn", "attention"), "mlp": 
 def steering_vectors_misses(cfg: Mapping, site_name: str, layer_type: str) -> str | None:
     """The module carrying ``site_name`` in this family when steering-vectors' ``layer_type`` guesser would not
     find it, else None (also None for a family the table does not know: nothing to check against)."""
-    model_type = cfg.get("model_type")
-    arch = next((a for a in _entries() if model_type in a.model_types and a.when(a.config(cfg))), None)
+    arch = _entry(cfg)
     if arch is None:
         return None
     hook = arch.sites[site_name].hook
